@@ -1,0 +1,51 @@
+"""agent-channels: persistent, resumable, named channels for LLM agent runs in Django.
+
+The public API is importable from here; names load lazily so that importing the
+package does not require Django's app registry to be ready.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "AccessPolicy",
+    "AsyncMessageStream",
+    "InvalidChannelName",
+    "InvalidEvent",
+    "MessageStream",
+    "apublish",
+    "publish",
+    "stream_message",
+]
+
+_EXPORTS = {
+    "AccessPolicy": "agent_channels.access",
+    "AsyncMessageStream": "agent_channels.publishing",
+    "InvalidChannelName": "agent_channels.names",
+    "InvalidEvent": "agent_channels.log",
+    "MessageStream": "agent_channels.publishing",
+    "apublish": "agent_channels.publishing",
+    "publish": "agent_channels.publishing",
+    "stream_message": "agent_channels.publishing",
+}
+
+if TYPE_CHECKING:
+    from agent_channels.access import AccessPolicy
+    from agent_channels.log import InvalidEvent
+    from agent_channels.names import InvalidChannelName
+    from agent_channels.publishing import (
+        AsyncMessageStream,
+        MessageStream,
+        apublish,
+        publish,
+        stream_message,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agent_channels' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -1,0 +1,56 @@
+"""Who may read a channel and who may send to it.
+
+The policy is a class named by the ``ACCESS_POLICY`` setting. Its methods are
+synchronous and may query the database; consumers call them from a thread.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from django.utils.module_loading import import_string
+
+from agent_channels.conf import get_config
+from agent_channels.models import Channel
+
+__all__ = ["AccessPolicy", "OwnerAccessPolicy", "get_access_policy"]
+
+
+class AccessPolicy:
+    """Base class: denies everything. Override the two methods."""
+
+    def can_read(self, user: Any, channel: str) -> bool:
+        """May ``user`` follow ``channel`` (WebSocket, HTTP events)?"""
+        return False
+
+    def can_send(self, user: Any, channel: str) -> bool:
+        """May ``user`` send input, interrupt and cancel frames to ``channel``?"""
+        return False
+
+
+class OwnerAccessPolicy(AccessPolicy):
+    """The default: staff may do everything, users their own channels, anonymous nothing."""
+
+    def _allowed(self, user: Any, channel: str) -> bool:
+        if user is None or not getattr(user, "is_authenticated", False):
+            return False
+        if not getattr(user, "is_active", True):
+            return False
+        if getattr(user, "is_staff", False):
+            return True
+        return Channel.objects.filter(name=channel, owner_id=user.pk).exists()
+
+    def can_read(self, user: Any, channel: str) -> bool:
+        return self._allowed(user, channel)
+
+    def can_send(self, user: Any, channel: str) -> bool:
+        return self._allowed(user, channel)
+
+
+@cache
+def get_access_policy() -> AccessPolicy:
+    """An instance of the configured policy class (reset when settings change)."""
+    policy_class = import_string(get_config()["ACCESS_POLICY"])
+    policy: AccessPolicy = policy_class()
+    return policy

@@ -1,0 +1,152 @@
+"""System checks: settings that would make the log or the live wire misbehave.
+
+Every check has an ID, a hint and a line in docs/checks.rst.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import connections
+from django.utils.module_loading import import_string
+
+from agent_channels.conf import DEFAULTS, get_config
+
+__all__ = ["check_access_policy", "check_channel_layer", "check_database", "check_settings"]
+
+IN_MEMORY = "channels.layers.InMemoryChannelLayer"
+REDIS_CORE = "channels_redis.core.RedisChannelLayer"
+LAYER_DEFAULTS = {
+    IN_MEMORY: {"group_expiry": 86400, "capacity": 100},
+    REDIS_CORE: {"group_expiry": 86400, "capacity": 100},
+}
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    user = getattr(settings, "AGENT_CHANNELS", None) or {}
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if not unknown:
+        return []
+    return [
+        Error(
+            f"AGENT_CHANNELS has unknown keys: {', '.join(unknown)}.",
+            hint=f"Remove them or fix their spelling; known keys are {', '.join(sorted(DEFAULTS))}.",
+            id="agent_channels.E002",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def check_access_policy(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    from agent_channels.access import AccessPolicy
+
+    path = get_config()["ACCESS_POLICY"]
+    try:
+        policy = import_string(path)
+    except ImportError as exc:
+        return [
+            Error(
+                f"AGENT_CHANNELS['ACCESS_POLICY'] = {path!r} cannot be imported: {exc}.",
+                hint="Give the dotted path of an agent_channels.access.AccessPolicy subclass.",
+                id="agent_channels.E003",
+            )
+        ]
+    if not (isinstance(policy, type) and issubclass(policy, AccessPolicy)):
+        return [
+            Error(
+                f"AGENT_CHANNELS['ACCESS_POLICY'] = {path!r} is not an AccessPolicy subclass.",
+                hint="Subclass agent_channels.access.AccessPolicy and override can_read/can_send.",
+                id="agent_channels.E003",
+            )
+        ]
+    return []
+
+
+@register(Tags.compatibility)
+def check_channel_layer(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    config = get_config()
+    alias = config["CHANNEL_LAYER"]
+    layers: dict[str, Any] = getattr(settings, "CHANNEL_LAYERS", None) or {}
+    layer = layers.get(alias)
+    if not layer:
+        return [
+            Error(
+                f"CHANNEL_LAYERS has no {alias!r} layer: events are stored but never delivered live.",
+                hint=(
+                    f"Add CHANNEL_LAYERS = {{{alias!r}: {{'BACKEND': "
+                    "'channels_redis.core.RedisChannelLayer', 'CONFIG': {'hosts': [REDIS_URL]}}}."
+                ),
+                id="agent_channels.E001",
+            )
+        ]
+    backend = layer.get("BACKEND", "")
+    messages: list[CheckMessage] = []
+    if backend == IN_MEMORY and not settings.DEBUG:
+        messages.append(
+            Warning(
+                "The in-memory channel layer cannot reach other processes: events published by a "
+                "worker or another server process will not arrive live.",
+                hint="Use channels_redis.core.RedisChannelLayer (or RedisPubSubChannelLayer) in "
+                "production.",
+                id="agent_channels.W001",
+            )
+        )
+    defaults = LAYER_DEFAULTS.get(backend)
+    if defaults is not None:
+        layer_config = {**defaults, **(layer.get("CONFIG") or {})}
+        group_expiry = layer_config["group_expiry"]
+        if group_expiry < config["WEBSOCKET_TIMEOUT"]:
+            messages.append(
+                Warning(
+                    f"The channel layer's group_expiry ({group_expiry} s) is shorter than "
+                    f"WEBSOCKET_TIMEOUT ({config['WEBSOCKET_TIMEOUT']} s): long-lived sockets "
+                    "silently stop receiving live events when their group membership expires.",
+                    hint="Raise CHANNEL_LAYERS[...]['CONFIG']['group_expiry'] to at least the "
+                    "server's websocket timeout, or lower AGENT_CHANNELS['WEBSOCKET_TIMEOUT'] "
+                    "to match daphne's --websocket_timeout.",
+                    id="agent_channels.W002",
+                )
+            )
+        capacity = layer_config["capacity"]
+        if capacity < config["EXPECTED_EVENT_RATE"]:
+            messages.append(
+                Warning(
+                    f"The channel layer's capacity ({capacity}) holds less than one second of the "
+                    f"expected event rate ({config['EXPECTED_EVENT_RATE']}/s): live frames will be "
+                    "dropped and clients will fall back to reading the log.",
+                    hint="Raise CHANNEL_LAYERS[...]['CONFIG']['capacity'] to at least "
+                    "AGENT_CHANNELS['EXPECTED_EVENT_RATE'].",
+                    id="agent_channels.W003",
+                )
+            )
+    return messages
+
+
+@register(Tags.database)
+def check_database(
+    app_configs: Sequence[Any] | None = None, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    for alias in databases or ():
+        connection = connections[alias]
+        if connection.vendor != "sqlite":
+            continue
+        mode = (connection.settings_dict.get("OPTIONS") or {}).get("transaction_mode")
+        if str(mode).upper() != "IMMEDIATE":
+            messages.append(
+                Warning(
+                    f"SQLite database {alias!r} does not use transaction_mode 'IMMEDIATE': concurrent "
+                    "publishers can fail with 'database is locked' instead of waiting their turn.",
+                    hint=f"Set DATABASES[{alias!r}]['OPTIONS']['transaction_mode'] = 'IMMEDIATE'.",
+                    id="agent_channels.W004",
+                )
+            )
+    return messages

@@ -1,0 +1,68 @@
+"""The ``AGENT_CHANNELS`` settings dict, merged over documented defaults.
+
+Read it with :func:`get_config`; the result is cached and dropped whenever
+Django's ``setting_changed`` signal fires for ``AGENT_CHANNELS`` (tests with
+``override_settings`` see their values at once).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+__all__ = ["DEFAULTS", "get_config"]
+
+#: Every key a project may set, with its default. docs/settings.rst mirrors this dict.
+DEFAULTS: dict[str, Any] = {
+    # Who may read and send on a channel: a dotted path to an AccessPolicy subclass.
+    "ACCESS_POLICY": "agent_channels.access.OwnerAccessPolicy",
+    # Alias in CHANNEL_LAYERS used for the live wire.
+    "CHANNEL_LAYER": "default",
+    # Token deltas arriving faster than this are coalesced into one persisted event.
+    "COALESCE_WINDOW_MS": 30,
+    # Origins allowed to open WebSockets; None means "the hosts in ALLOWED_HOSTS".
+    "ALLOWED_ORIGINS": None,
+    # Largest client frame accepted, in bytes of JSON text.
+    "MAX_CLIENT_FRAME_BYTES": 64 * 1024,
+    # Client frames per second a connection may send (token bucket) and the burst it may save up.
+    "CLIENT_RATE": 10.0,
+    "CLIENT_BURST": 20,
+    # Events read from the log per query while a connection catches up.
+    "REPLAY_BATCH_SIZE": 500,
+    # Live frames a connection keeps in memory while it catches up; past this it rereads the log.
+    "LIVE_CACHE_FRAMES": 256,
+    # Bytes queued in the server towards one client before it counts as "behind".
+    "SEND_BUFFER_BYTES": 1024 * 1024,
+    # Live frames larger than this travel as a notification only; consumers read them from the log.
+    "MAX_WIRE_FRAME_BYTES": 32 * 1024,
+    # The HTTP events endpoint: default and largest page.
+    "PAGE_SIZE": 100,
+    "MAX_PAGE_SIZE": 1000,
+    # How long WebSocket connections may live in the server (daphne's --websocket_timeout,
+    # 86400 s by default): compared with the layer's group_expiry by check agent_channels.W003.
+    "WEBSOCKET_TIMEOUT": 86400,
+    # Peak events per second one server process is expected to receive on the live wire:
+    # compared with the layer's capacity by check agent_channels.W004.
+    "EXPECTED_EVENT_RATE": 100,
+}
+
+
+@cache
+def get_config() -> dict[str, Any]:
+    """Return the merged settings dict. Unknown keys are kept so check E002 can name them."""
+    user: dict[str, Any] = getattr(settings, "AGENT_CHANNELS", None) or {}
+    return {**DEFAULTS, **user}
+
+
+@receiver(setting_changed)
+def _reset_config(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("AGENT_CHANNELS", "ALLOWED_HOSTS", "CHANNEL_LAYERS"):
+        get_config.cache_clear()
+        from agent_channels import access, wire
+
+        access.get_access_policy.cache_clear()
+        wire.reset_wire()

@@ -1,0 +1,138 @@
+"""Appending to the log: seq assignment, persistence, and hand-off to the live wire.
+
+A seq is reserved by incrementing ``Channel.last_seq`` in the same transaction that
+inserts the events. The row update serialises writers on the channel (a row lock on
+PostgreSQL, the database write lock on SQLite), so seqs are contiguous, never reused,
+and commit in seq order; the live wire is told only after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from django.db import connections, router, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from agent_channels.models import Channel, Event
+from agent_channels.names import validate_name
+
+__all__ = ["EventDraft", "InvalidEvent", "append", "read"]
+
+MAX_EVENT_NAME_LENGTH = 100
+
+
+class InvalidEvent(ValueError):
+    """An event cannot be published as given; ``str(exc)`` says why."""
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    """An event before it has a seq."""
+
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+    run_id: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not 1 <= len(self.name) <= MAX_EVENT_NAME_LENGTH:
+            raise InvalidEvent(
+                f"An event name must be a string of 1 to {MAX_EVENT_NAME_LENGTH} characters."
+            )
+        if not isinstance(self.data, dict):
+            raise InvalidEvent(f"Event data must be a dict, not {type(self.data).__name__}.")
+
+
+def _reserve(name: str, count: int, owner_id: Any, using: str) -> tuple[int, int]:
+    """Add ``count`` to the channel's last_seq, creating the channel if needed.
+
+    Returns ``(channel_id, new_last_seq)``. The UPDATE comes first so that on SQLite
+    the transaction takes the write lock at once instead of upgrading from a read.
+    """
+    connection = connections[using]
+    table = connection.ops.quote_name(Channel._meta.db_table)
+    now = timezone.now()
+    returning = connection.vendor in ("postgresql", "sqlite")
+    for _attempt in range(2):
+        with connection.cursor() as cursor:
+            if returning:
+                cursor.execute(
+                    f"UPDATE {table} SET last_seq = last_seq + %s, last_event_at = %s "  # noqa: S608
+                    "WHERE name = %s RETURNING id, last_seq",
+                    [count, now, name],
+                )
+                row = cursor.fetchone()
+            else:
+                updated = (
+                    Channel.objects.using(using)
+                    .filter(name=name)
+                    .update(last_seq=F("last_seq") + count, last_event_at=now)
+                )
+                row = (
+                    Channel.objects.using(using)
+                    .filter(name=name)
+                    .values_list("id", "last_seq")
+                    .get()
+                    if updated
+                    else None
+                )
+        if row is not None:
+            return int(row[0]), int(row[1])
+        Channel.objects.using(using).bulk_create(
+            [Channel(name=name, owner_id=owner_id)], ignore_conflicts=True
+        )
+    raise RuntimeError(f"Channel {name!r} could not be created.")  # pragma: no cover
+
+
+def append(
+    channel: str,
+    drafts: Sequence[EventDraft],
+    *,
+    owner_id: Any = None,
+    notify: bool = True,
+) -> list[Event]:
+    """Persist ``drafts`` as the next events of ``channel`` and return them with their seqs.
+
+    ``owner_id`` becomes the owner of a channel this call creates. After the
+    surrounding transaction commits, the events go out on the live wire.
+    """
+    validate_name(channel)
+    if not drafts:
+        return []
+    using = router.db_for_write(Event)
+    with transaction.atomic(using=using):
+        channel_id, last_seq = _reserve(channel, len(drafts), owner_id, using)
+        first_seq = last_seq - len(drafts) + 1
+        now = timezone.now()
+        events = [
+            Event(
+                channel_id=channel_id,
+                seq=first_seq + i,
+                name=draft.name,
+                run_id=draft.run_id,
+                data=draft.data,
+                created_at=now,
+            )
+            for i, draft in enumerate(drafts)
+        ]
+        Event.objects.using(using).bulk_create(events)
+        if notify:
+            from agent_channels import wire
+
+            texts = [json.dumps(e.to_frame(), separators=(",", ":")) for e in events]
+            transaction.on_commit(
+                partial(wire.get_wire().send_events, channel, first_seq, texts), using=using
+            )
+    return events
+
+
+def read(channel_id: int, after: int, until: int | None = None, limit: int = 500) -> list[Event]:
+    """Events of a channel with ``after < seq <= until``, oldest first, at most ``limit``."""
+    qs = Event.objects.filter(channel_id=channel_id, seq__gt=after)
+    if until is not None:
+        qs = qs.filter(seq__lte=until)
+    return list(qs.order_by("seq")[:limit])

@@ -1,0 +1,126 @@
+"""The log: channels, runs and the events published to them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+from agent_channels.names import MAX_NAME_LENGTH
+
+__all__ = ["Channel", "Event", "Run", "RunStatus"]
+
+
+class Channel(models.Model):
+    """A named, persistent address for one workflow: the agent and its clients attach here."""
+
+    name = models.CharField(max_length=MAX_NAME_LENGTH, unique=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="agent_channels",
+    )
+    #: The seq of the newest event; the next event gets ``last_seq + 1``. Never decreases,
+    #: even when events are pruned, so a seq is never reused.
+    last_seq = models.PositiveBigIntegerField(default=0)
+    #: Events with ``seq <= pruned_seq`` were deleted by retention.
+    pruned_seq = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_event_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_event_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    WAITING = "waiting", "Waiting for input"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    INTERRUPTED = "interrupted", "Interrupted"
+
+
+class RunQuerySet(models.QuerySet["Run"]):
+    def active(self) -> RunQuerySet:
+        return self.filter(status__in=Run.ACTIVE_STATUSES)
+
+
+class Run(models.Model):
+    """One execution of an agent on a channel."""
+
+    ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="runs")
+    agent = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="agent_runs",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(
+                fields=["channel", "status"],
+                name="agch_run_active_idx",
+                condition=models.Q(status__in=["queued", "running", "waiting"]),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent} on {self.channel_id} ({self.status})"
+
+
+class Event(models.Model):
+    """One published event. ``(channel, seq)`` is unique; seqs are contiguous per channel."""
+
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveBigIntegerField()
+    name = models.CharField(max_length=100)
+    run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    data: models.JSONField[Any] = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["channel", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["channel", "seq"], name="agch_event_channel_seq_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.name}"
+
+    def to_frame(self) -> dict[str, Any]:
+        """The wire representation documented in docs/protocol.rst."""
+        return {
+            "type": "event",
+            "seq": self.seq,
+            "event": self.name,
+            "run": str(self.run_id) if self.run_id else None,
+            "data": self.data,
+            "ts": self.created_at.isoformat(),
+        }

@@ -1,0 +1,271 @@
+"""The publishing API: single events, and coalesced token streams.
+
+``publish`` persists an event and sends it live after the commit. ``MessageStream``
+turns a high-rate token stream into one ``message.delta`` event per window: the first
+delta after a quiet window goes out at once, the rest of a burst waits at most one
+window. The concatenation of a message's deltas always equals its final text.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from types import TracebackType
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, connection
+
+from agent_channels.conf import get_config
+from agent_channels.log import EventDraft, append
+from agent_channels.models import Event
+
+__all__ = ["AsyncMessageStream", "MessageStream", "apublish", "publish", "stream_message"]
+
+logger = logging.getLogger(__name__)
+
+_open_streams: dict[str, weakref.WeakSet[MessageStream]] = {}
+_open_streams_lock = threading.Lock()
+
+
+def _flush_open_streams(channel: str) -> None:
+    """Flush this process's pending deltas on ``channel`` so they keep their place in order."""
+    with _open_streams_lock:
+        streams = list(_open_streams.get(channel, ()))
+    for stream in streams:
+        stream.flush()
+
+
+def publish(
+    channel: str,
+    event: str,
+    data: dict[str, Any] | None = None,
+    *,
+    run: Any = None,
+    owner: Any = None,
+) -> Event:
+    """Persist one event on ``channel`` and send it live once the transaction commits.
+
+    ``run`` is a :class:`~agent_channels.models.Run` or its id; ``owner`` (a user or
+    user id) owns the channel if this call creates it. Returns the saved event.
+    """
+    _flush_open_streams(channel)
+    draft = EventDraft(event, {} if data is None else data, _pk(run))
+    return append(channel, [draft], owner_id=_pk(owner))[0]
+
+
+async def apublish(
+    channel: str,
+    event: str,
+    data: dict[str, Any] | None = None,
+    *,
+    run: Any = None,
+    owner: Any = None,
+) -> Event:
+    """:func:`publish` for async code."""
+    return await sync_to_async(publish)(channel, event, data, run=run, owner=owner)
+
+
+def _pk(obj: Any) -> Any:
+    return getattr(obj, "pk", obj)
+
+
+class _Flusher:
+    """One daemon thread per process that flushes streams whose window has passed."""
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._heap: list[tuple[float, int, weakref.ref[MessageStream]]] = []
+        self._counter = itertools.count()
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name="agent-channels-flusher", daemon=True).start()
+
+    def schedule(self, deadline: float, stream: MessageStream) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._counter), weakref.ref(stream)))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                _deadline, _n, ref = heapq.heappop(self._heap)
+            stream = ref()
+            if stream is None:
+                continue
+            try:
+                close_old_connections()
+                stream.flush_due()
+            except Exception:
+                # The deltas stay buffered; the next write or complete() retries them.
+                logger.exception("agent_channels: timed flush of %s failed", stream.message_id)
+
+
+_flusher: _Flusher | None = None
+_flusher_lock = threading.Lock()
+
+
+def _get_flusher() -> _Flusher:
+    global _flusher
+    with _flusher_lock:
+        if _flusher is None or _flusher._pid != os.getpid():
+            _flusher = _Flusher()
+        return _flusher
+
+
+class MessageStream:
+    """A model message being generated, published as coalesced ``message.delta`` events.
+
+    Use it as a context manager: a clean exit publishes ``message.completed`` with the
+    full text, an exception publishes ``message.aborted`` with the text so far.
+
+    Inside ``transaction.atomic`` no timed flush happens (a flush from another thread
+    would wait on the transaction's locks); deltas then go out with the next write
+    after the window, or on completion.
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        *,
+        run: Any = None,
+        message_id: str | None = None,
+        window_ms: float | None = None,
+    ) -> None:
+        self.channel = channel
+        self.run_id = _pk(run)
+        self.message_id = message_id or uuid.uuid4().hex
+        window = get_config()["COALESCE_WINDOW_MS"] if window_ms is None else window_ms
+        self.window = float(window) / 1000.0
+        self._pending: list[str] = []
+        self._text: list[str] = []
+        self._lock = threading.RLock()
+        self._next_flush_at = 0.0
+        self._timer_armed = False
+        self.closed = False
+        with _open_streams_lock:
+            _open_streams.setdefault(channel, weakref.WeakSet()).add(self)
+
+    @property
+    def text(self) -> str:
+        """Everything written so far."""
+        return "".join(self._text)
+
+    def write(self, delta: str) -> None:
+        """Add a piece of text; it is published now or within one window."""
+        if not isinstance(delta, str):
+            raise TypeError(f"A delta must be a str, not {type(delta).__name__}.")
+        if not delta:
+            return
+        with self._lock:
+            if self.closed:
+                raise RuntimeError(f"Message {self.message_id} is already closed.")
+            self._pending.append(delta)
+            self._text.append(delta)
+            now = time.monotonic()
+            if now >= self._next_flush_at:
+                self._flush_locked(now)
+            elif not self._timer_armed and not connection.in_atomic_block:
+                self._timer_armed = True
+                _get_flusher().schedule(self._next_flush_at, self)
+
+    def flush(self) -> None:
+        """Publish pending deltas now."""
+        with self._lock:
+            self._flush_locked(time.monotonic())
+
+    def flush_due(self) -> None:
+        with self._lock:
+            self._timer_armed = False
+            self._flush_locked(time.monotonic())
+
+    def _flush_locked(self, now: float) -> None:
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        append(
+            self.channel,
+            [
+                EventDraft(
+                    "message.delta", {"message_id": self.message_id, "text": text}, self.run_id
+                )
+            ],
+        )
+        self._pending.clear()
+        self._next_flush_at = now + self.window
+
+    def complete(self, **extra: Any) -> Event:
+        """Flush, then publish ``message.completed`` with the full text (and ``extra`` data)."""
+        return self._close("message.completed", extra)
+
+    def abort(self, reason: str = "", **extra: Any) -> Event:
+        """Flush, then publish ``message.aborted``: the text so far is kept, marked unfinished."""
+        return self._close("message.aborted", {"reason": reason, **extra})
+
+    def _close(self, name: str, extra: dict[str, Any]) -> Event:
+        with self._lock:
+            if self.closed:
+                raise RuntimeError(f"Message {self.message_id} is already closed.")
+            self._flush_locked(time.monotonic())
+            self.closed = True
+            data = {"message_id": self.message_id, "text": self.text, **extra}
+            event = append(self.channel, [EventDraft(name, data, self.run_id)])[0]
+        with _open_streams_lock:
+            streams = _open_streams.get(self.channel)
+            if streams is not None:
+                streams.discard(self)
+                if not streams:
+                    del _open_streams[self.channel]
+        return event
+
+    def __enter__(self) -> MessageStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.closed:
+            return
+        if exc_type is None:
+            self.complete()
+        else:
+            self.abort(reason=exc_type.__name__)
+
+
+def stream_message(
+    channel: str, *, run: Any = None, message_id: str | None = None
+) -> MessageStream:
+    """Start a coalesced message on ``channel``; see :class:`MessageStream`."""
+    return MessageStream(channel, run=run, message_id=message_id)
+
+
+class AsyncMessageStream:
+    """:class:`MessageStream` for async code: the same stream, driven from a thread."""
+
+    def __init__(self, channel: str, *, run: Any = None, message_id: str | None = None) -> None:
+        self._stream = MessageStream(channel, run=run, message_id=message_id)
+        self.message_id = self._stream.message_id
+
+    @property
+    def text(self) -> str:
+        return self._stream.text
+
+    async def write(self, delta: str) -> None:
+        await sync_to_async(self._stream.write)(delta)
+
+    async def complete(self, **extra: Any) -> Event:
+        return await sync_to_async(self._stream.complete)(**extra)
+
+    async def abort(self, reason: str = "", **extra: Any) -> Event:
+        return await sync_to_async(self._stream.abort)(reason, **extra)

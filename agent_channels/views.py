@@ -1,0 +1,81 @@
+"""HTTP endpoints for clients that cannot hold a WebSocket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+from agent_channels.access import get_access_policy
+from agent_channels.conf import get_config
+from agent_channels.log import read
+from agent_channels.models import Channel
+from agent_channels.names import InvalidChannelName, validate_name
+
+__all__ = ["events"]
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> JsonResponse:
+    """The HTTP twin of the WebSocket error frame."""
+    return JsonResponse({"type": "error", "code": code, "message": message, **extra}, status=status)
+
+
+def _int_param(request: HttpRequest, name: str, default: int) -> int:
+    value = request.GET.get(name)
+    if value is None or value == "":
+        return default
+    if not value.isdigit() or len(value) > 18:
+        raise ValueError(f"'{name}' must be a non-negative integer.")
+    return int(value)
+
+
+def check_read(request: HttpRequest, channel: str) -> JsonResponse | None:
+    """A 401/403 response if the request's user may not read ``channel``."""
+    if get_access_policy().can_read(request.user, channel):
+        return None
+    if not request.user.is_authenticated:
+        return error(401, "unauthenticated", "Log in to read this channel.")
+    return error(403, "forbidden", "You may not read this channel.")
+
+
+@require_GET
+def events(request: HttpRequest, channel: str) -> JsonResponse:
+    """``GET <channel>/events/?since=N&limit=M``: a page of events with ``seq > N``."""
+    config = get_config()
+    try:
+        name = validate_name(channel)
+    except InvalidChannelName as exc:
+        return error(400, "invalid_channel", str(exc))
+    try:
+        since = _int_param(request, "since", 0)
+        limit = _int_param(request, "limit", config["PAGE_SIZE"])
+    except ValueError as exc:
+        return error(400, "invalid_parameter", str(exc))
+    if not 1 <= limit <= config["MAX_PAGE_SIZE"]:
+        return error(400, "invalid_parameter", f"'limit' must be 1 to {config['MAX_PAGE_SIZE']}.")
+    denied = check_read(request, name)
+    if denied is not None:
+        return denied
+    row = Channel.objects.filter(name=name).values_list("id", "last_seq", "pruned_seq").first()
+    channel_id, head, pruned = row if row is not None else (None, 0, 0)
+    if since < pruned and "since" in request.GET:
+        return error(
+            410, "history_pruned", f"Events up to seq {pruned} were pruned.", first_seq=pruned + 1
+        )
+    if since > head:
+        return error(
+            400, "since_ahead", f"since={since} is past the newest event ({head}).", last_seq=head
+        )
+    after = max(since, pruned)
+    page = read(channel_id, after, head, limit) if channel_id is not None else []
+    last_seq = page[-1].seq if page else after
+    return JsonResponse(
+        {
+            "channel": name,
+            "events": [event.to_frame() for event in page],
+            "last_seq": last_seq,
+            "head_seq": head,
+            "has_more": last_seq < head,
+        }
+    )

@@ -1,0 +1,150 @@
+"""The live wire: getting committed events from any thread onto the channel layer.
+
+Sync publishers (Celery tasks, views, the shell) must not pay for a new event loop
+and Redis connection pool per event (``async_to_sync(group_send)`` per message runs at
+a quarter of the speed of a long-lived loop). So each process keeps one loop for the
+wire and one sender task per loop, which sends in order.
+
+Which loop: channels-redis works from any loop, so a private daemon thread runs one.
+The in-memory layer only reaches consumers on the loop that created its queues, so
+for it the wire uses the server loop that consumers register on connect, and drops
+the send when there is none (no consumer in this process can be listening).
+Dropped or failed sends lose nothing: the log has every event, and consumers fill
+gaps from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any
+
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+from agent_channels.conf import get_config
+from agent_channels.names import event_group
+
+__all__ = ["LiveWire", "get_wire", "register_server_loop", "reset_wire"]
+
+logger = logging.getLogger(__name__)
+
+#: The Channels message type consumers receive events under.
+EVENTS_MESSAGE = "agent_channels.events"
+
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def register_server_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Tell the wire which loop the ASGI server runs consumers on (called by consumers)."""
+    global _server_loop
+    _server_loop = loop
+
+
+def build_events_message(first_seq: int, texts: list[str]) -> dict[str, Any]:
+    """The layer message announcing events ``first_seq..first_seq+len(texts)-1``.
+
+    Frames travel as ready-made JSON text so each consumer sends them without
+    re-encoding. Frames too large for the wire travel as a notification only.
+    """
+    limit = get_config()["MAX_WIRE_FRAME_BYTES"]
+    carried = texts if sum(len(t) for t in texts) <= limit else None
+    return {
+        "type": EVENTS_MESSAGE,
+        "first": first_seq,
+        "last": first_seq + len(texts) - 1,
+        "texts": carried,
+    }
+
+
+class LiveWire:
+    """Sends layer messages in order from any thread, without blocking the caller."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.layer = get_channel_layer(alias)
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._private_loop: asyncio.AbstractEventLoop | None = None
+        self._queues: dict[
+            asyncio.AbstractEventLoop, asyncio.Queue[tuple[str, dict[str, Any]]]
+        ] = {}
+
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        if isinstance(self.layer, InMemoryChannelLayer):
+            loop = _server_loop
+            return loop if loop is not None and not loop.is_closed() else None
+        with self._lock:
+            if self._private_loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="agent-channels-wire", daemon=True
+                )
+                thread.start()
+                self._private_loop = loop
+            return self._private_loop
+
+    def send(self, group: str, message: dict[str, Any]) -> bool:
+        """Queue ``message`` for ``group``; returns False when nothing can be listening."""
+        if self.layer is None:
+            return False
+        loop = self._loop()
+        if loop is None:
+            return False
+        try:
+            loop.call_soon_threadsafe(self._enqueue, loop, group, message)
+        except RuntimeError:  # the loop closed between the check and the call
+            return False
+        return True
+
+    def send_events(self, channel: str, first_seq: int, texts: list[str]) -> bool:
+        """Announce committed events of ``channel`` to its consumers."""
+        return self.send(event_group(channel), build_events_message(first_seq, texts))
+
+    def _enqueue(
+        self, loop: asyncio.AbstractEventLoop, group: str, message: dict[str, Any]
+    ) -> None:
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = asyncio.Queue()
+            loop.create_task(self._sender(queue))
+        queue.put_nowait((group, message))
+
+    async def _sender(self, queue: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
+        assert self.layer is not None
+        while True:
+            group, message = await queue.get()
+            try:
+                await self.layer.group_send(group, message)
+            except Exception:
+                logger.exception("agent_channels: live send to %s failed; the log has it", group)
+            finally:
+                queue.task_done()
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Block until every queued send was handed to the layer (for shutdown and tests)."""
+        for loop, queue in list(self._queues.items()):
+            if loop.is_closed() or loop is _server_loop:
+                continue
+            future = asyncio.run_coroutine_threadsafe(queue.join(), loop)
+            future.result(timeout)
+
+
+_wire: LiveWire | None = None
+_wire_lock = threading.Lock()
+
+
+def get_wire() -> LiveWire:
+    """The process's wire (a new one after a fork: threads and loops do not survive it)."""
+    global _wire
+    with _wire_lock:
+        if _wire is None or _wire._pid != os.getpid():
+            _wire = LiveWire(get_config()["CHANNEL_LAYER"])
+        return _wire
+
+
+def reset_wire() -> None:
+    global _wire
+    with _wire_lock:
+        _wire = None

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Developer entry point: ``python3 dev.py serve`` | ``test`` | ``lint``.
+
+Creates ``.venv`` with the project and its dev dependencies on first use (and again
+when pyproject.toml changes), then runs the command inside it. Needs only Python 3.11+.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import venv
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+
+
+def ensure_venv() -> None:
+    stamp = VENV / ".agch-installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    if not PY.exists():
+        print("Creating .venv ...", flush=True)
+        venv.create(VENV, with_pip=True)
+    print("Installing agent-channels with its dev dependencies into .venv ...", flush=True)
+    subprocess.run([str(PY), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]"], check=True)
+    stamp.write_text(digest)
+
+
+def run(args: list[str], **env: str) -> int:
+    return subprocess.run(args, cwd=ROOT, env={**os.environ, **env}, check=False).returncode
+
+
+def reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def serve(argv: list[str]) -> int:
+    """The example project on embedded defaults (or DATABASE_URL / REDIS_URL when set)."""
+    example = ROOT / "example_project"
+    manage = [str(PY), str(example / "manage.py")]
+    if run([*manage, "migrate", "--noinput", "-v", "0"]):
+        return 1
+    run([*manage, "shell", "-c",
+         "from django.contrib.auth import get_user_model as g; U = g();"
+         "U.objects.filter(username='admin').exists() or "
+         "U.objects.create_superuser('admin', 'admin@example.com', 'admin')"])
+    port = argv[0] if argv else "8000"
+    print(f"Example project: http://127.0.0.1:{port}/  (admin / admin)", flush=True)
+    return subprocess.run(
+        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", port, "example_project.asgi:application"],
+        cwd=example, check=False,
+    ).returncode
+
+
+def test(argv: list[str]) -> int:
+    """The whole suite, twice: embedded (SQLite + in-memory layer) and on real servers
+    (PostgreSQL + Redis). Servers that are down skip their pass, or fail it under CI=true."""
+    postgres = os.environ.get("AGCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+    redis = os.environ.get("AGCH_REDIS_URL", "redis://127.0.0.1:6379/5")
+    pytest = [str(PY), "-m", "pytest", *argv]
+    print("== pass 1/2: SQLite + in-memory channel layer (the embedded default)", flush=True)
+    failed = run(pytest, AGCH_DB="sqlite", AGCH_LAYER="memory")
+    print("== pass 2/2: PostgreSQL + channels-redis", flush=True)
+    down = [name for name, url in (("PostgreSQL", postgres), ("Redis", redis)) if not reachable(url)]
+    if down and os.environ.get("CI") != "true":
+        print(f"SKIPPED: {', '.join(down)} unreachable ({postgres}, {redis}).", flush=True)
+    else:
+        failed |= run(pytest, AGCH_DB="postgres", AGCH_LAYER="redis")
+    return 1 if failed else 0
+
+
+def lint(argv: list[str]) -> int:
+    failed = run([str(BIN / "ruff"), "check", "."])
+    failed |= run([str(BIN / "ruff"), "format", "--check", "agent_channels"])
+    failed |= run([str(BIN / "mypy")])
+    failed |= run([str(BIN / "sphinx-build"), "-W", "--keep-going", "-q", "-b", "html", "docs",
+                   "docs/_build/html"])
+    return 1 if failed else 0
+
+
+COMMANDS = {"serve": serve, "test": test, "lint": lint}
+
+if __name__ == "__main__":
+    if sys.version_info < (3, 11):
+        sys.exit("agent-channels needs Python 3.11 or newer.")
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: python3 dev.py {{{'|'.join(COMMANDS)}}} [args]")
+    ensure_venv()
+    sys.exit(COMMANDS[sys.argv[1]](sys.argv[2:]))

@@ -1,0 +1,53 @@
+"""Shared fixtures: real servers when the configuration asks for them.
+
+When PostgreSQL or Redis is configured (AGCH_DB=postgres, AGCH_LAYER=redis) but
+unreachable, the session stops with a clear reason under CI=true, and tests that
+need it skip otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+from django.conf import settings
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    needed = []
+    if settings.DB_KIND == "postgres":
+        needed.append(("PostgreSQL", settings.POSTGRES_URL))
+    if settings.LAYER_KIND == "redis":
+        needed.append(("Redis", settings.REDIS_URL))
+    for name, url in needed:
+        if not _reachable(url):
+            message = f"{name} is configured but unreachable at {url}"
+            if os.environ.get("CI") == "true":
+                raise pytest.UsageError(message + " (CI=true: failing instead of skipping)")
+            config.stash[_UNREACHABLE] = message
+
+
+_UNREACHABLE = pytest.StashKey[str]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = config.stash.get(_UNREACHABLE, None)
+    if reason:
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason=reason))
+    if settings.LAYER_KIND != "redis":
+        skip = pytest.mark.skip(reason="needs the Redis channel layer (AGCH_LAYER=redis)")
+        for item in items:
+            if "redis" in item.keywords:
+                item.add_marker(skip)

@@ -1,0 +1,77 @@
+"""Starting real OS processes against the test database and channel layer."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process that must share the test database."""
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    env["AGCH_DB_NAME"] = str(connection.settings_dict["NAME"])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "example_project")])
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], env=child_env(**extra), capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on {port} within {timeout} s")
+
+
+class Daphne:
+    """A real daphne process serving tests.asgi on a loopback port."""
+
+    def __init__(self, **env: str) -> None:
+        self.port = free_port()
+        self.log = open(ROOT / f".daphne-{self.port}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+             "tests.asgi:application"],
+            env=child_env(**env), cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, self.proc)
+
+    def ws_url(self, channel_path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/agent-channels/{channel_path}/"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()

@@ -1,0 +1,79 @@
+"""Settings for the test suite.
+
+The backend pair comes from the environment, so the same suite runs on both:
+``AGCH_DB=sqlite|postgres`` and ``AGCH_LAYER=memory|redis``. Server processes that
+integration tests start get ``AGCH_DB_NAME`` so they open the test database.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from example_project.env import channel_layers, database_from_url
+
+SECRET_KEY = "tests-insecure-key"
+DEBUG = False
+ALLOWED_HOSTS = ["localhost", "127.0.0.1", "testserver"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "agent_channels",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+ASGI_APPLICATION = "tests.asgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+USE_TZ = True
+STATIC_URL = "static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+DB_KIND = os.environ.get("AGCH_DB", "sqlite")
+LAYER_KIND = os.environ.get("AGCH_LAYER", "memory")
+POSTGRES_URL = os.environ.get("AGCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("AGCH_REDIS_URL", "redis://127.0.0.1:6379/5")
+
+_sqlite_file = Path(tempfile.gettempdir()) / f"agch-tests-{os.environ.get('AGCH_RUN_ID', os.getpid())}.sqlite3"
+DATABASES = {
+    "default": database_from_url(POSTGRES_URL if DB_KIND == "postgres" else None, _sqlite_file)
+}
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+if DB_KIND != "postgres":
+    # A file, not :memory:, so that server and writer processes share the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(_sqlite_file)}
+if os.environ.get("AGCH_DB_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["AGCH_DB_NAME"]
+
+CHANNEL_LAYERS = channel_layers(REDIS_URL if LAYER_KIND == "redis" else None)
+if LAYER_KIND == "redis":
+    CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = os.environ.get("AGCH_LAYER_PREFIX", "agch-test")
+    if os.environ.get("AGCH_LAYER_CAPACITY"):
+        CHANNEL_LAYERS["default"]["CONFIG"]["capacity"] = int(os.environ["AGCH_LAYER_CAPACITY"])
+
+AGENT_CHANNELS = {"EXPECTED_EVENT_RATE": 100}
