@@ -16,6 +16,7 @@ gaps from it.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
@@ -130,6 +131,24 @@ class LiveWire:
             future = asyncio.run_coroutine_threadsafe(queue.join(), loop)
             future.result(timeout)
 
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is queued, then stop the private loop (used on reset and at exit)."""
+        try:
+            self.drain(timeout)
+        except Exception:
+            logger.warning("agent_channels: live sends still queued at shutdown were dropped")
+        loop = self._private_loop
+        if loop is not None and not loop.is_closed():
+
+            async def _stop() -> None:
+                for task in asyncio.all_tasks():
+                    if task is not asyncio.current_task():
+                        task.cancel()
+                loop.stop()
+
+            asyncio.run_coroutine_threadsafe(_stop(), loop)
+        self._private_loop = None
+
 
 _wire: LiveWire | None = None
 _wire_lock = threading.Lock()
@@ -147,4 +166,9 @@ def get_wire() -> LiveWire:
 def reset_wire() -> None:
     global _wire
     with _wire_lock:
-        _wire = None
+        old, _wire = _wire, None
+    if old is not None and old._pid == os.getpid():
+        old.close()
+
+
+atexit.register(reset_wire)
