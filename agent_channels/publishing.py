@@ -107,6 +107,9 @@ class _Flusher:
             except Exception:
                 # The deltas stay buffered; the next write or complete() retries them.
                 logger.exception("agent_channels: timed flush of %s failed", stream.message_id)
+            finally:
+                # Like the end of a request: give back a connection CONN_MAX_AGE does not keep.
+                close_old_connections()
 
 
 _flusher: _Flusher | None = None

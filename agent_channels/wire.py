@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -141,12 +142,14 @@ class LiveWire:
         if loop is not None and not loop.is_closed():
 
             async def _stop() -> None:
-                for task in asyncio.all_tasks():
-                    if task is not asyncio.current_task():
-                        task.cancel()
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 loop.stop()
 
-            asyncio.run_coroutine_threadsafe(_stop(), loop)
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(_stop(), loop).result(timeout)
         self._private_loop = None
 
 
