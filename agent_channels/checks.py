@@ -47,6 +47,15 @@ def check_access_policy(
     from agent_channels.access import AccessPolicy
 
     path = get_config()["ACCESS_POLICY"]
+    if not isinstance(path, str):
+        return [
+            Error(
+                f"AGENT_CHANNELS['ACCESS_POLICY'] = {path!r} is not a dotted path.",
+                hint="Give the dotted path of an agent_channels.access.AccessPolicy subclass, "
+                "as a string.",
+                id="agent_channels.E003",
+            )
+        ]
     try:
         policy = import_string(path)
     except ImportError as exc:

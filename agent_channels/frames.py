@@ -7,6 +7,7 @@ client as ``{"type": "error", "code": ..., "message": ...}``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,19 +45,42 @@ class ClientFrame:
     data: Any
 
 
-def _depth(value: Any, limit: int) -> int:
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_data(value: Any, limit: int) -> None:
+    """Raise FrameError if ``value`` nests deeper than ``limit`` or holds what no store keeps.
+
+    NaN, infinities (``1e400`` parses as one), NUL characters and unpaired surrogates
+    are rejected here: PostgreSQL's jsonb refuses all of them, SQLite's JSON check
+    refuses the first two, and browsers cannot parse NaN back. Rejecting them for every
+    backend keeps the protocol the same everywhere.
+    """
     stack = [(value, 1)]
-    deepest = 0
     while stack:
         item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
+        if depth > limit:
+            raise FrameError("invalid_frame", f"'data' may nest at most {limit} levels.")
         if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
+            for key, child in item.items():
+                _check_string(key)
+                stack.append((child, depth + 1))
         elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return deepest
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            _check_string(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise FrameError("invalid_frame", "Numbers must be finite.")
+
+
+def _check_string(text: str) -> None:
+    if "\x00" in text:
+        raise FrameError("invalid_frame", "Strings may not contain NUL characters.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FrameError("invalid_frame", "Strings may not contain unpaired surrogates.") from None
 
 
 def parse_client_frame(text: str | None, bytes_data: bytes | None, max_bytes: int) -> ClientFrame:
@@ -66,7 +90,7 @@ def parse_client_frame(text: str | None, bytes_data: bytes | None, max_bytes: in
     if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise FrameError("too_large", f"A frame may be at most {max_bytes} bytes.")
     try:
-        frame = json.loads(text)
+        frame = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise FrameError("invalid_json", "The frame is not valid JSON.") from None
     if not isinstance(frame, dict):
@@ -80,6 +104,8 @@ def parse_client_frame(text: str | None, bytes_data: bytes | None, max_bytes: in
             "invalid_frame",
             f"'id' must be a string of at most {MAX_ID_LENGTH} characters or an integer.",
         )
+    if isinstance(frame_id, str):
+        _check_string(frame_id)
     frame_type = frame.get("type")
     if not isinstance(frame_type, str):
         raise FrameError("invalid_frame", "A frame needs a string 'type'.")
@@ -95,6 +121,5 @@ def parse_client_frame(text: str | None, bytes_data: bytes | None, max_bytes: in
     if frame_type == "input" and "data" not in frame:
         raise FrameError("invalid_frame", "An input frame needs 'data'.")
     data = frame.get("data")
-    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
-        raise FrameError("invalid_frame", f"'data' may nest at most {MAX_DEPTH} levels.")
+    _check_data(data, MAX_DEPTH)
     return ClientFrame(type=frame_type, id=frame_id, data=data)

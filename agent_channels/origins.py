@@ -33,7 +33,10 @@ def origin_allowed(scope: dict[str, Any]) -> bool:
     origin = _header(scope, b"origin")
     if not origin or origin == "null":
         return False
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: "http://[::1"
+        return False
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
     allowed_origins = get_config()["ALLOWED_ORIGINS"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.http import require_GET
 
 from agent_channels.access import get_access_policy
 from agent_channels.conf import get_config
@@ -25,7 +24,8 @@ def _int_param(request: HttpRequest, name: str, default: int) -> int:
     value = request.GET.get(name)
     if value is None or value == "":
         return default
-    if not value.isdigit() or len(value) > 18:
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise ValueError(f"'{name}' must be a non-negative integer.")
     return int(value)
 
@@ -39,9 +39,13 @@ def check_read(request: HttpRequest, channel: str) -> JsonResponse | None:
     return error(403, "forbidden", "You may not read this channel.")
 
 
-@require_GET
 def events(request: HttpRequest, channel: str) -> JsonResponse:
     """``GET <channel>/events/?since=N&limit=M``: a page of events with ``seq > N``."""
+    if request.method not in ("GET", "HEAD"):
+        # JSON like every other answer here, so clients can parse any error the same way.
+        response = error(405, "method_not_allowed", "Use GET.")
+        response["Allow"] = "GET, HEAD"
+        return response
     config = get_config()
     try:
         name = validate_name(channel)

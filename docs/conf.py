@@ -2,7 +2,7 @@
 
 project = "agent-channels"
 author = "agent-channels contributors"
-copyright = "2026, agent-channels contributors"  # noqa: A001
+copyright = "2026, agent-channels contributors"
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx"]
 exclude_patterns = ["_build"]
 html_theme = "alabaster"

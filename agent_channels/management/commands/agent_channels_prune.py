@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -11,15 +11,28 @@ from django.utils import timezone
 
 from agent_channels.retention import prune
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION = re.compile(r"^([0-9]+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def parse_duration(value: str) -> timedelta:
-    match = _DURATION.match(value.strip())
+    """``"30d"``, ``"12h"``, ``"15m"`` or ``"90s"`` as a timedelta, else CommandError."""
+    match = _DURATION.fullmatch(value.strip())
     if not match:
         raise CommandError(f"Invalid duration {value!r}: use a number and s, m, h or d (e.g. 7d).")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        raise CommandError(f"Invalid duration {value!r}: too long.") from None
+
+
+def cutoff(value: str) -> datetime:
+    """The moment ``value`` (a duration) ago; events created before it are old."""
+    age = parse_duration(value)
+    try:
+        return timezone.now() - age
+    except OverflowError:
+        raise CommandError(f"Invalid duration {value!r}: reaches before year 1.") from None
 
 
 class Command(BaseCommand):
@@ -38,11 +51,7 @@ class Command(BaseCommand):
             raise CommandError("Give --older-than, --keep-last, or both.")
         if options["keep_last"] is not None and options["keep_last"] < 0:
             raise CommandError("--keep-last must be 0 or more.")
-        older_than = (
-            timezone.now() - parse_duration(options["older_than"])
-            if options["older_than"] is not None
-            else None
-        )
+        older_than = cutoff(options["older_than"]) if options["older_than"] is not None else None
         result = prune(
             older_than=older_than,
             keep_last=options["keep_last"],
