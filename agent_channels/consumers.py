@@ -109,6 +109,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.wake.set()
         self.bucket = TokenBucket(self.config["CLIENT_RATE"], self.config["CLIENT_BURST"])
         self.transport = find_transport(self.base_send)
+        self.behind = False
         await self.send(
             text_data=_dumps(
                 {
@@ -210,9 +211,18 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 while self.sent < self.known_last:
                     if self._backlogged():
                         # The client is behind: hold nothing for it, reread the log later.
+                        if not self.behind:
+                            self.behind = True
+                            logger.info(
+                                "agent_channels: a client of %r fell behind at seq %d; "
+                                "it will catch up from the log",
+                                self.channel,
+                                self.sent,
+                            )
                         self.cache.clear()
                         await asyncio.sleep(_BACKLOG_POLL_SECONDS)
                         continue
+                    self.behind = False
                     text = self.cache.pop(self.sent + 1, None)
                     if text is not None:
                         await self.send(text_data=text)

@@ -19,7 +19,7 @@ import weakref
 from types import TracebackType
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.db import close_old_connections, connection
 
 from agent_channels.conf import get_config
@@ -69,7 +69,8 @@ async def apublish(
     owner: Any = None,
 ) -> Event:
     """:func:`publish` for async code."""
-    return await sync_to_async(publish)(channel, event, data, run=run, owner=owner)
+    saved: Event = await database_sync_to_async(publish)(channel, event, data, run=run, owner=owner)
+    return saved
 
 
 def _pk(obj: Any) -> Any:
@@ -265,10 +266,12 @@ class AsyncMessageStream:
         return self._stream.text
 
     async def write(self, delta: str) -> None:
-        await sync_to_async(self._stream.write)(delta)
+        await database_sync_to_async(self._stream.write)(delta)
 
     async def complete(self, **extra: Any) -> Event:
-        return await sync_to_async(self._stream.complete)(**extra)
+        event: Event = await database_sync_to_async(self._stream.complete)(**extra)
+        return event
 
     async def abort(self, reason: str = "", **extra: Any) -> Event:
-        return await sync_to_async(self._stream.abort)(reason, **extra)
+        event: Event = await database_sync_to_async(self._stream.abort)(reason, **extra)
+        return event

@@ -55,7 +55,8 @@ class Daphne:
 
     def __init__(self, **env: str) -> None:
         self.port = free_port()
-        self.log = open(ROOT / f".daphne-{self.port}.log", "wb")  # noqa: SIM115
+        self.log_path = ROOT / f".daphne-{self.port}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
              "tests.asgi:application"],
@@ -66,6 +67,9 @@ class Daphne:
     def ws_url(self, channel_path: str) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/agent-channels/{channel_path}/"
 
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -74,4 +78,5 @@ class Daphne:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()

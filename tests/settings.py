@@ -59,12 +59,17 @@ LAYER_KIND = os.environ.get("AGCH_LAYER", "memory")
 POSTGRES_URL = os.environ.get("AGCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("AGCH_REDIS_URL", "redis://127.0.0.1:6379/5")
 
-_sqlite_file = Path(tempfile.gettempdir()) / f"agch-tests-{os.environ.get('AGCH_RUN_ID', os.getpid())}.sqlite3"
+# One id per test run, inherited by the processes it starts: concurrent runs on one machine
+# get their own database and channel-layer prefix instead of sharing "test_test".
+RUN_ID = os.environ.setdefault("AGCH_RUN_ID", str(os.getpid()))
+_sqlite_file = Path(tempfile.gettempdir()) / f"agch-tests-{RUN_ID}.sqlite3"
 DATABASES = {
     "default": database_from_url(POSTGRES_URL if DB_KIND == "postgres" else None, _sqlite_file)
 }
 DATABASES["default"]["CONN_MAX_AGE"] = 0
-if DB_KIND != "postgres":
+if DB_KIND == "postgres":
+    DATABASES["default"]["TEST"] = {"NAME": f"test_agch_{RUN_ID}"}
+else:
     # A file, not :memory:, so that server and writer processes share the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(_sqlite_file)}
 if os.environ.get("AGCH_DB_NAME"):
@@ -72,8 +77,17 @@ if os.environ.get("AGCH_DB_NAME"):
 
 CHANNEL_LAYERS = channel_layers(REDIS_URL if LAYER_KIND == "redis" else None)
 if LAYER_KIND == "redis":
-    CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = os.environ.get("AGCH_LAYER_PREFIX", "agch-test")
+    CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"agch-test-{RUN_ID}"
     if os.environ.get("AGCH_LAYER_CAPACITY"):
         CHANNEL_LAYERS["default"]["CONFIG"]["capacity"] = int(os.environ["AGCH_LAYER_CAPACITY"])
 
 AGENT_CHANNELS = {"EXPECTED_EVENT_RATE": 100}
+if os.environ.get("AGCH_SEND_BUFFER_BYTES"):
+    AGENT_CHANNELS["SEND_BUFFER_BYTES"] = int(os.environ["AGCH_SEND_BUFFER_BYTES"])
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"agent_channels": {"handlers": ["console"], "level": "INFO"}},
+}
