@@ -167,6 +167,15 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         )
         await self.close(code)
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # The server may cancel the instance without a disconnect (shutdown, timeouts).
+            if getattr(self, "pump_task", None) is not None:
+                assert self.pump_task is not None
+                self.pump_task.cancel()
+
     async def disconnect(self, code: int) -> None:
         if getattr(self, "pump_task", None) is not None:
             assert self.pump_task is not None
