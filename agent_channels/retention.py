@@ -22,7 +22,11 @@ DELETE_BATCH = 5000
 
 @dataclass
 class PruneResult:
+    """What :func:`prune` deleted (or, with ``dry_run``, would delete)."""
+
+    #: Channels that lost at least one event.
     channels: int = 0
+    #: Events deleted.
     events: int = 0
 
 

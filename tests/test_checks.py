@@ -325,3 +325,15 @@ def test_the_suites_own_database_passes():
 def test_checks_are_registered_with_django():
     found = {m.id for m in checks.run_checks() if m.id and m.id.startswith("agent_channels.")}
     assert found == {"agent_channels.E001", "agent_channels.E002", "agent_channels.E003"}
+
+
+def test_every_check_id_is_documented():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = (root / "agent_channels" / "checks.py").read_text(encoding="utf-8")
+    docs = (root / "docs" / "checks.rst").read_text(encoding="utf-8")
+    check_ids = set(re.findall(r"agent_channels\.[EW]\d{3}", code))
+    assert len(check_ids) == 7
+    assert not [i for i in sorted(check_ids) if i not in docs]

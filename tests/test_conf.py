@@ -1,5 +1,6 @@
 """The AGENT_CHANNELS dict: merged over the defaults, re-read when settings change."""
 
+from django.conf import settings
 from django.test import override_settings
 
 from agent_channels import access
@@ -9,8 +10,9 @@ from agent_channels.conf import DEFAULTS, get_config
 def test_defaults_are_merged_under_the_projects_settings():
     config = get_config()
     assert set(config) == set(DEFAULTS)
-    # tests/settings.py sets only EXPECTED_EVENT_RATE; everything else is the default.
-    assert config == {**DEFAULTS, "EXPECTED_EVENT_RATE": 100}
+    assert config == {**DEFAULTS, **settings.AGENT_CHANNELS}
+    with override_settings(AGENT_CHANNELS={"EXPECTED_EVENT_RATE": 5}):
+        assert get_config() == {**DEFAULTS, "EXPECTED_EVENT_RATE": 5}
 
 
 def test_override_settings_is_seen_at_once_and_reset_afterwards():
@@ -50,3 +52,11 @@ def test_access_policy_instance_follows_the_setting():
     with override_settings(AGENT_CHANNELS={"ACCESS_POLICY": "tests.test_conf.DenyAll"}):
         assert type(access.get_access_policy()) is DenyAll
     assert type(access.get_access_policy()) is access.OwnerAccessPolicy
+
+
+def test_defaults_are_documented():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "settings.rst").read_text(encoding="utf-8")
+    missing = [key for key in DEFAULTS if f"``{key}``" not in text]
+    assert not missing, f"docs/settings.rst does not document {missing}"

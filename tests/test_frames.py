@@ -210,3 +210,18 @@ def test_fuzz_only_frames_or_frame_errors_come_out():
         # Whatever is accepted can be stored and sent back as strict JSON.
         json.dumps(frame.data, allow_nan=False).encode("utf-8")
     assert parsed > 0
+
+
+def test_every_error_code_is_documented():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    source = {name: (root / "agent_channels" / name).read_text(encoding="utf-8")
+              for name in ("consumers.py", "frames.py", "views.py")}
+    codes = set(re.findall(r'FrameError\(\s*"([a-z_]+)"', source["frames.py"] + source["consumers.py"]))
+    codes |= set(re.findall(r'close_codes\.[A-Z_]+,\s*"([a-z_]+)"', source["consumers.py"]))
+    codes |= set(re.findall(r'error\(\s*\d{3},\s*"([a-z_]+)"', source["views.py"]))
+    assert {"origin_not_allowed", "history_pruned", "rate_limited", "invalid_parameter"} <= codes
+    docs = (root / "docs" / "protocol.rst").read_text(encoding="utf-8")
+    assert not sorted(code for code in codes if f"``{code}``" not in docs)
