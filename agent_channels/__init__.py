@@ -15,6 +15,7 @@ __all__ = [
     "InvalidChannelName",
     "InvalidEvent",
     "MessageStream",
+    "OwnerAccessPolicy",
     "apublish",
     "publish",
     "stream_message",
@@ -26,13 +27,14 @@ _EXPORTS = {
     "InvalidChannelName": "agent_channels.names",
     "InvalidEvent": "agent_channels.log",
     "MessageStream": "agent_channels.publishing",
+    "OwnerAccessPolicy": "agent_channels.access",
     "apublish": "agent_channels.publishing",
     "publish": "agent_channels.publishing",
     "stream_message": "agent_channels.publishing",
 }
 
 if TYPE_CHECKING:
-    from agent_channels.access import AccessPolicy
+    from agent_channels.access import AccessPolicy, OwnerAccessPolicy
     from agent_channels.log import InvalidEvent
     from agent_channels.names import InvalidChannelName
     from agent_channels.publishing import (

@@ -51,6 +51,10 @@ class OwnerAccessPolicy(AccessPolicy):
 @cache
 def get_access_policy() -> AccessPolicy:
     """An instance of the configured policy class (reset when settings change)."""
-    policy_class = import_string(get_config()["ACCESS_POLICY"])
+    configured = get_config()["ACCESS_POLICY"]
+    policy_class = import_string(configured) if isinstance(configured, str) else configured
+    if not (isinstance(policy_class, type) and issubclass(policy_class, AccessPolicy)):
+        # Check agent_channels.E003 reports this at startup; never fall open at run time.
+        return AccessPolicy()
     policy: AccessPolicy = policy_class()
     return policy

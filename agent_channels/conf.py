@@ -43,10 +43,10 @@ DEFAULTS: dict[str, Any] = {
     "PAGE_SIZE": 100,
     "MAX_PAGE_SIZE": 1000,
     # How long WebSocket connections may live in the server (daphne's --websocket_timeout,
-    # 86400 s by default): compared with the layer's group_expiry by check agent_channels.W003.
+    # 86400 s by default): compared with the layer's group_expiry by check agent_channels.W002.
     "WEBSOCKET_TIMEOUT": 86400,
     # Peak events per second one server process is expected to receive on the live wire:
-    # compared with the layer's capacity by check agent_channels.W004.
+    # compared with the layer's capacity by check agent_channels.W003.
     "EXPECTED_EVENT_RATE": 100,
 }
 

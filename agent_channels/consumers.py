@@ -129,7 +129,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if not values:
             return None
         value = values[-1]
-        if not value.isdigit() or len(value) > 18:
+        if not (value.isascii() and value.isdigit()) or len(value) > 18:
             raise ValueError("since must be a non-negative integer.")
         return int(value)
 

@@ -9,6 +9,7 @@ and commit in seq order; the live wire is told only after the commit.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,6 +46,28 @@ class EventDraft:
             )
         if not isinstance(self.data, dict):
             raise InvalidEvent(f"Event data must be a dict, not {type(self.data).__name__}.")
+        _check_storable(self.data)
+
+
+# A JSON-escaped NUL that is not itself an escaped backslash followed by "u0000".
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _check_storable(data: dict[str, Any]) -> None:
+    """Refuse what no backend stores the same way, before anything is written.
+
+    NaN and infinities are not JSON; PostgreSQL's jsonb refuses NUL characters and
+    unpaired surrogates. One C-speed encoding pass finds all of them.
+    """
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except ValueError as exc:  # NaN/Infinity, and UnicodeEncodeError for lone surrogates
+        raise InvalidEvent(f"Event data cannot be stored as JSON: {exc}.") from None
+    except TypeError as exc:
+        raise InvalidEvent(f"Event data must be JSON-serializable: {exc}.") from None
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise InvalidEvent("Event data may not contain NUL characters.")
 
 
 def _reserve(name: str, count: int, owner_id: Any, using: str) -> tuple[int, int]:

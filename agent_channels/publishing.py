@@ -263,15 +263,19 @@ class AsyncMessageStream:
 
     @property
     def text(self) -> str:
+        """Everything written so far."""
         return self._stream.text
 
     async def write(self, delta: str) -> None:
+        """Add a piece of text; see :meth:`MessageStream.write`."""
         await database_sync_to_async(self._stream.write)(delta)
 
     async def complete(self, **extra: Any) -> Event:
+        """Publish ``message.completed``; see :meth:`MessageStream.complete`."""
         event: Event = await database_sync_to_async(self._stream.complete)(**extra)
         return event
 
     async def abort(self, reason: str = "", **extra: Any) -> Event:
+        """Publish ``message.aborted``; see :meth:`MessageStream.abort`."""
         event: Event = await database_sync_to_async(self._stream.abort)(reason, **extra)
         return event

@@ -7,5 +7,5 @@ from agent_channels import views
 app_name = "agent_channels"
 
 urlpatterns = [
-    re_path(r"^(?P<channel>.+)/events/$", views.events, name="events"),
+    re_path(r"^(?P<channel>[\s\S]+)/events/$", views.events, name="events"),
 ]

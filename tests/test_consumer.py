@@ -259,3 +259,28 @@ async def test_read_only_users_may_not_send(alice, settings):
                               "message": "You may follow this channel but not send to it."}
     assert not await sync_to_async(Channel.objects.filter(name="ro").exists)()
     await ws.disconnect()
+
+
+async def test_a_name_with_a_newline_is_refused_with_a_reason(staff):
+    ws = await connect("line\nbreak", staff)
+    assert (await recv(ws))["code"] == "invalid_channel"
+    assert (await ws.receive_output(5))["code"] == 4400
+
+
+async def test_non_ascii_digits_in_since_are_refused(staff):
+    from channels.testing import WebsocketCommunicator
+
+    from .wsclient import APP, ORIGIN
+
+    communicator = WebsocketCommunicator(APP, "/ws/agent-channels/x/?since=%C2%B2",
+                                         headers=[ORIGIN])
+    communicator.scope["user"] = staff
+    await communicator.connect()
+    assert (await recv(communicator))["code"] == "invalid_since"
+
+
+def test_a_broken_policy_setting_denies_instead_of_crashing(settings, staff):
+    from agent_channels.access import get_access_policy
+
+    settings.AGENT_CHANNELS = {"ACCESS_POLICY": 42}
+    assert get_access_policy().can_read(staff, "x") is False

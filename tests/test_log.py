@@ -61,12 +61,17 @@ def test_bad_publishes_raise_clear_errors_and_store_nothing(args, error):
     assert Event.objects.count() == 0
 
 
-def test_unserializable_data_stores_nothing():
+@pytest.mark.parametrize(
+    "data",
+    [{"x": object()}, {"x": float("nan")}, {"x": [float("inf")]}, {"x": "nul\x00"},
+     {"k\x00": 1}, {"x": "lone \ud800 surrogate"}],
+)
+def test_data_no_backend_can_store_is_refused_before_anything_is_written(data):
     publish("ser", "ok")
-    with pytest.raises(TypeError):
-        publish("ser", "bad", {"x": object()})
+    with pytest.raises(InvalidEvent):
+        publish("ser", "bad", data)
     assert seqs("ser") == [1]
-    assert publish("ser", "ok").seq == 2
+    assert publish("ser", "ok", {"text": "a literal \\u0000 is fine", "emoji": "🚀"}).seq == 2
 
 
 def test_frame_shape_matches_the_protocol():

@@ -225,3 +225,8 @@ def test_query_count_does_not_grow_with_the_page(owner_client, owner, django_ass
     fill("queries", owner, 50)
     with django_assert_max_num_queries(6):
         assert len(get(owner_client, "queries", "limit=50")["events"]) == 50
+
+
+def test_a_name_with_a_newline_gets_a_json_400_not_a_404(owner_client):
+    body = get(owner_client, "line\nbreak", status=400)
+    assert body["code"] == "invalid_channel"
