@@ -53,7 +53,26 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def connect(self) -> None:
         self.config = get_config()
         self.pump_task: asyncio.Task[None] | None = None
+        self.accepted = False
         register_server_loop(asyncio.get_running_loop())
+        try:
+            await self._open()
+        except Exception:
+            # The database or the layer failed: say so and close, never leave a dead socket.
+            logger.exception("agent_channels: opening %r failed", getattr(self, "channel", "?"))
+            if not self.accepted:
+                await self.accept()
+            await self._fail(
+                close_codes.INTERNAL_ERROR,
+                "unavailable",
+                "The server cannot serve this channel right now; reconnect later.",
+            )
+
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        self.accepted = True
+        await super().accept(subprotocol, headers)
+
+    async def _open(self) -> None:
         from agent_channels.origins import origin_allowed
 
         if not origin_allowed(self.scope):
@@ -309,6 +328,17 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 )
             )
             return
+        try:
+            await self._dispatch_control(frame, seq)
+        except Exception:
+            # It is in the log: a runtime that missed it live still finds it there.
+            logger.exception(
+                "agent_channels: handing %s #%d to the runtime failed", frame.type, seq
+            )
+        if frame.id is not None:
+            await self.send(text_data=_dumps({"type": "ack", "id": frame.id, "seq": seq}))
+
+    async def _dispatch_control(self, frame: ClientFrame, seq: int) -> None:
         await self.channel_layer.group_send(
             control_group(self.channel),
             {
@@ -320,8 +350,6 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 "id": frame.id,
             },
         )
-        if frame.id is not None:
-            await self.send(text_data=_dumps({"type": "ack", "id": frame.id, "seq": seq}))
 
     async def _persist(self, frame: ClientFrame) -> int:
         seq: int = await database_sync_to_async(self._persist_sync)(frame)

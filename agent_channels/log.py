@@ -79,6 +79,8 @@ def _reserve(name: str, count: int, owner_id: Any, using: str) -> tuple[int, int
     connection = connections[using]
     table = connection.ops.quote_name(Channel._meta.db_table)
     now = timezone.now()
+    # Raw SQL gets the value as the backend stores it (no deprecated sqlite3 adapters).
+    now_param = connection.ops.adapt_datetimefield_value(now)
     returning = connection.vendor in ("postgresql", "sqlite")
     for _attempt in range(2):
         with connection.cursor() as cursor:
@@ -86,7 +88,7 @@ def _reserve(name: str, count: int, owner_id: Any, using: str) -> tuple[int, int
                 cursor.execute(
                     f"UPDATE {table} SET last_seq = last_seq + %s, last_event_at = %s "  # noqa: S608
                     "WHERE name = %s RETURNING id, last_seq",
-                    [count, now, name],
+                    [count, now_param, name],
                 )
                 row = cursor.fetchone()
             else:

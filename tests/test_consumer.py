@@ -284,3 +284,33 @@ def test_a_broken_policy_setting_denies_instead_of_crashing(settings, staff):
 
     settings.AGENT_CHANNELS = {"ACCESS_POLICY": 42}
     assert get_access_policy().can_read(staff, "x") is False
+
+
+async def test_a_database_failure_on_connect_gets_an_error_frame_not_a_dead_socket(staff,
+                                                                                  monkeypatch):
+    from agent_channels.consumers import ChannelConsumer
+
+    async def broken(self):
+        raise ConnectionError("database is down")
+
+    monkeypatch.setattr(ChannelConsumer, "_head", broken)
+    ws = await connect("down", staff)
+    assert (await recv(ws))["code"] == "unavailable"
+    assert (await ws.receive_output(5))["code"] == 4500
+
+
+async def test_a_layer_failure_handing_over_a_frame_still_acks_the_stored_frame(staff,
+                                                                               monkeypatch):
+    from agent_channels.consumers import ChannelConsumer
+
+    async def broken(self, frame, seq):
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(ChannelConsumer, "_dispatch_control", broken)
+    ws = await connect("nolayer", staff)
+    await recv(ws)
+    await ws.send_to(text_data=json.dumps({"type": "cancel", "id": "c"}))
+    frames = [await recv(ws), await recv(ws)]
+    assert {"type": "ack", "id": "c", "seq": 1} in frames
+    assert await sync_to_async(Event.objects.filter(name="client.cancel").count)() == 1
+    await ws.disconnect()
