@@ -60,10 +60,9 @@ def serve(argv: list[str]) -> int:
          "U.objects.create_superuser('admin', 'admin@example.com', 'admin')"])
     port = argv[0] if argv else "8000"
     print(f"Example project: http://127.0.0.1:{port}/  (admin / admin)", flush=True)
-    return subprocess.run(
-        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", port, "example_project.asgi:application"],
-        cwd=example, check=False,
-    ).returncode
+    # daphne's runserver: the same ASGI server as production, plus static files and reload.
+    return subprocess.run([*manage, "runserver", f"127.0.0.1:{port}"], cwd=example,
+                          check=False).returncode
 
 
 def test(argv: list[str]) -> int:
