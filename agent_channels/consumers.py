@@ -287,6 +287,8 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         for event in events:
             await self.send(text_data=_dumps(event.to_frame()))
             self.sent = event.seq
+            if self._backlogged():
+                break  # the pump waits for the client before reading further
         for seq in [s for s in self.cache if s <= self.sent]:
             del self.cache[seq]
         return True
