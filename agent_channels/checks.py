@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
@@ -15,7 +16,13 @@ from django.utils.module_loading import import_string
 
 from agent_channels.conf import DEFAULTS, get_config
 
-__all__ = ["check_access_policy", "check_channel_layer", "check_database", "check_settings"]
+__all__ = [
+    "check_access_policy",
+    "check_channel_layer",
+    "check_database",
+    "check_redis_timeouts",
+    "check_settings",
+]
 
 IN_MEMORY = "channels.layers.InMemoryChannelLayer"
 REDIS_CORE = "channels_redis.core.RedisChannelLayer"
@@ -91,7 +98,8 @@ def check_channel_layer(
                 f"CHANNEL_LAYERS has no {alias!r} layer: events are stored but never delivered live.",
                 hint=(
                     f"Add CHANNEL_LAYERS = {{{alias!r}: {{'BACKEND': "
-                    "'channels_redis.core.RedisChannelLayer', 'CONFIG': {'hosts': [REDIS_URL]}}}."
+                    "'channels_redis.core.RedisChannelLayer', 'CONFIG': {'hosts': [{'address': "
+                    "REDIS_URL, 'socket_timeout': 30}]}}}."
                 ),
                 id="agent_channels.E001",
             )
@@ -159,3 +167,59 @@ def check_database(
                 )
             )
     return messages
+
+
+def _redis_default_socket_timeout() -> float | None:
+    try:
+        from redis import _defaults
+    except ImportError:  # redis-py before 8 had no default: reads wait forever
+        return None
+    timeout: float | None = getattr(_defaults, "DEFAULT_SOCKET_TIMEOUT", None)
+    return timeout
+
+
+def _host_socket_timeout(host: Any, default: float | None) -> float | None:
+    if isinstance(host, dict):
+        if "socket_timeout" in host:
+            value = host["socket_timeout"]
+            return None if value is None else float(value)
+        host = host.get("address", "")
+    if isinstance(host, str):
+        query = parse_qs(urlsplit(host).query)
+        if "socket_timeout" in query:
+            return float(query["socket_timeout"][-1])
+    return default
+
+
+@register(Tags.compatibility)
+def check_redis_timeouts(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """redis-py 8 times out socket reads after 5 s by default, which is exactly how long
+    channels-redis blocks in BZPOPMIN waiting for a message: idle consumers then die with
+    ``TimeoutError: Timeout reading from ...`` (django/channels_redis#422)."""
+    layers: dict[str, Any] = getattr(settings, "CHANNEL_LAYERS", None) or {}
+    layer = layers.get(get_config()["CHANNEL_LAYER"]) or {}
+    if layer.get("BACKEND") != REDIS_CORE:
+        return []
+    try:
+        from channels_redis.core import RedisChannelLayer
+    except ImportError:
+        return []
+    blocking = float(getattr(RedisChannelLayer, "brpop_timeout", 5))
+    default = _redis_default_socket_timeout()
+    hosts = (layer.get("CONFIG") or {}).get("hosts") or ["redis://localhost:6379"]
+    for host in hosts:
+        timeout = _host_socket_timeout(host, default)
+        if timeout is not None and timeout <= blocking:
+            return [
+                Error(
+                    f"The channel layer's Redis socket_timeout ({timeout:g} s) is not longer than "
+                    f"channels-redis's blocking receive ({blocking:g} s): idle consumers will fail "
+                    "with 'Timeout reading from' and drop their WebSockets.",
+                    hint="Give each host as a dict with a longer timeout, e.g. "
+                    "{'address': REDIS_URL, 'socket_timeout': 30}.",
+                    id="agent_channels.E004",
+                )
+            ]
+    return []

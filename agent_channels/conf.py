@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "SEND_BUFFER_BYTES": 1024 * 1024,
     # Live frames larger than this travel as a notification only; consumers read them from the log.
     "MAX_WIRE_FRAME_BYTES": 32 * 1024,
+    # After live events stop for this long, a connection asks the log once for the newest
+    # seq, so a tail the layer dropped is not stuck until the next event. 0 turns it off.
+    "HEAD_CHECK_MS": 500,
     # The HTTP events endpoint: default and largest page.
     "PAGE_SIZE": 100,
     "MAX_PAGE_SIZE": 1000,

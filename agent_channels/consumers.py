@@ -129,6 +129,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.bucket = TokenBucket(self.config["CLIENT_RATE"], self.config["CLIENT_BURST"])
         self.transport = find_transport(self.base_send)
         self.behind = False
+        self.check_head = False
         await self.send(
             text_data=_dumps(
                 {
@@ -225,17 +226,35 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     room -= 1
         if last > self.known_last:
             self.known_last = last
+        self.check_head = True
         self.wake.set()
 
     def _backlogged(self) -> bool:
         pending = pending_bytes(self.transport)
         return pending is not None and pending > self.config["SEND_BUFFER_BYTES"]
 
+    async def _wait_for_work(self) -> None:
+        """Wait for news; after a burst goes quiet, ask the log once whether the layer
+        dropped its tail (a dropped last event would otherwise wait for the next one)."""
+        quiet = self.config["HEAD_CHECK_MS"] / 1000.0
+        while not self.wake.is_set():
+            if not (self.check_head and quiet > 0):
+                await self.wake.wait()
+                break
+            try:
+                await asyncio.wait_for(self.wake.wait(), quiet)
+            except TimeoutError:
+                self.check_head = False
+                _, head, _ = await self._head()
+                if head > self.known_last:
+                    self.known_last = head
+                    self.wake.set()
+        self.wake.clear()
+
     async def _pump(self) -> None:
         try:
             while True:
-                await self.wake.wait()
-                self.wake.clear()
+                await self._wait_for_work()
                 while self.sent < self.known_last:
                     if self._backlogged():
                         # The client is behind: hold nothing for it, reread the log later.

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, connections
 
 from agent_channels.conf import get_config
 from agent_channels.log import EventDraft, append
@@ -78,13 +78,22 @@ def _pk(obj: Any) -> Any:
 
 
 class _Flusher:
-    """One daemon thread per process that flushes streams whose window has passed."""
+    """One daemon thread per process that flushes streams whose window has passed.
+
+    It keeps its database connection while streams are busy (a new connection per
+    timed flush costs more than the flush) and closes it after ``IDLE_SECONDS``
+    without work, or when :func:`release_connections` asks.
+    """
+
+    IDLE_SECONDS = 2.0
 
     def __init__(self) -> None:
         self._pid = os.getpid()
         self._heap: list[tuple[float, int, weakref.ref[MessageStream]]] = []
         self._counter = itertools.count()
         self._cond = threading.Condition()
+        self._release_requested = False
+        self._released = threading.Event()
         threading.Thread(target=self._run, name="agent-channels-flusher", daemon=True).start()
 
     def schedule(self, deadline: float, stream: MessageStream) -> None:
@@ -92,15 +101,36 @@ class _Flusher:
             heapq.heappush(self._heap, (deadline, next(self._counter), weakref.ref(stream)))
             self._cond.notify()
 
+    def release(self, timeout: float) -> bool:
+        with self._cond:
+            self._released.clear()
+            self._release_requested = True
+            self._cond.notify()
+        return self._released.wait(timeout)
+
+    def _next(self) -> MessageStream | bool | None:
+        """The next due stream; False when idle or asked to release connections."""
+        with self._cond:
+            while True:
+                if self._release_requested:
+                    self._release_requested = False
+                    return False
+                now = time.monotonic()
+                if self._heap and self._heap[0][0] <= now:
+                    return heapq.heappop(self._heap)[2]()
+                if self._heap:
+                    self._cond.wait(self._heap[0][0] - now)
+                elif not self._cond.wait(self.IDLE_SECONDS) and not self._heap:
+                    return False
+
     def _run(self) -> None:
         while True:
-            with self._cond:
-                while not self._heap or self._heap[0][0] > time.monotonic():
-                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(timeout)
-                _deadline, _n, ref = heapq.heappop(self._heap)
-            stream = ref()
-            if stream is None:
+            stream = self._next()
+            if stream is False:
+                connections.close_all()  # this thread's connections only
+                self._released.set()
+                continue
+            if stream is None or stream is True:
                 continue
             try:
                 close_old_connections()
@@ -108,9 +138,14 @@ class _Flusher:
             except Exception:
                 # The deltas stay buffered; the next write or complete() retries them.
                 logger.exception("agent_channels: timed flush of %s failed", stream.message_id)
-            finally:
-                # Like the end of a request: give back a connection CONN_MAX_AGE does not keep.
-                close_old_connections()
+
+
+def release_connections(timeout: float = 5.0) -> bool:
+    """Close the flusher thread's database connection now (worker shutdown, tests)."""
+    flusher = _flusher
+    if flusher is None or flusher._pid != os.getpid():
+        return True
+    return flusher.release(timeout)
 
 
 _flusher: _Flusher | None = None

@@ -51,3 +51,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "redis" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _release_background_connections(django_db_setup, django_db_blocker):
+    """Background threads hold DB connections; the test database cannot be dropped under them."""
+    yield
+    from agent_channels.publishing import release_connections
+
+    release_connections()

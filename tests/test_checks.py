@@ -42,7 +42,8 @@ def test_e001_no_channel_layers():
         Error(
             "CHANNEL_LAYERS has no 'default' layer: events are stored but never delivered live.",
             hint="Add CHANNEL_LAYERS = {'default': {'BACKEND': "
-            "'channels_redis.core.RedisChannelLayer', 'CONFIG': {'hosts': [REDIS_URL]}}}.",
+            "'channels_redis.core.RedisChannelLayer', 'CONFIG': {'hosts': [{'address': "
+            "REDIS_URL, 'socket_timeout': 30}]}}}.",
             id="agent_channels.E001",
         )
     ]
@@ -62,7 +63,8 @@ def test_e001_configured_alias_missing():
         Error(
             "CHANNEL_LAYERS has no 'live' layer: events are stored but never delivered live.",
             hint="Add CHANNEL_LAYERS = {'live': {'BACKEND': "
-            "'channels_redis.core.RedisChannelLayer', 'CONFIG': {'hosts': [REDIS_URL]}}}.",
+            "'channels_redis.core.RedisChannelLayer', 'CONFIG': {'hosts': [{'address': "
+            "REDIS_URL, 'socket_timeout': 30}]}}}.",
             id="agent_channels.E001",
         )
     ]
@@ -335,5 +337,59 @@ def test_every_check_id_is_documented():
     code = (root / "agent_channels" / "checks.py").read_text(encoding="utf-8")
     docs = (root / "docs" / "checks.rst").read_text(encoding="utf-8")
     check_ids = set(re.findall(r"agent_channels\.[EW]\d{3}", code))
-    assert len(check_ids) == 7
+    assert len(check_ids) == 8
     assert not [i for i in sorted(check_ids) if i not in docs]
+
+
+# -- E004: a Redis socket timeout that kills idle consumers ---------------------------------
+
+E004 = Error(
+    "The channel layer's Redis socket_timeout (5 s) is not longer than channels-redis's "
+    "blocking receive (5 s): idle consumers will fail with 'Timeout reading from' and drop "
+    "their WebSockets.",
+    hint="Give each host as a dict with a longer timeout, e.g. "
+    "{'address': REDIS_URL, 'socket_timeout': 30}.",
+    id="agent_channels.E004",
+)
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [["redis://x:6379/0"], [("x", 6379)], [{"address": "redis://x"}], None,
+     [{"address": "redis://x", "socket_timeout": 5}], ["redis://x?socket_timeout=5"]],
+)
+def test_e004_redis_py_8_default_timeout_equals_the_blocking_receive(monkeypatch, hosts):
+    monkeypatch.setattr(agch_checks, "_redis_default_socket_timeout", lambda: 5)
+    config = {} if hosts is None else {"hosts": hosts}
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": REDIS, "CONFIG": config}}):
+        assert agch_checks.check_redis_timeouts() == [E004]
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [[{"address": "redis://x", "socket_timeout": 30}], [{"address": "redis://x",
+                                                         "socket_timeout": None}],
+     ["redis://x?socket_timeout=30"]],
+)
+def test_e004_not_raised_with_a_longer_or_no_timeout(monkeypatch, hosts):
+    monkeypatch.setattr(agch_checks, "_redis_default_socket_timeout", lambda: 5)
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": REDIS,
+                                                       "CONFIG": {"hosts": hosts}}}):
+        assert agch_checks.check_redis_timeouts() == []
+
+
+def test_e004_not_raised_before_redis_py_8_or_for_other_layers(monkeypatch):
+    monkeypatch.setattr(agch_checks, "_redis_default_socket_timeout", lambda: None)
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": REDIS,
+                                                       "CONFIG": {"hosts": ["redis://x"]}}}):
+        assert agch_checks.check_redis_timeouts() == []
+    monkeypatch.setattr(agch_checks, "_redis_default_socket_timeout", lambda: 5)
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": IN_MEMORY}}):
+        assert agch_checks.check_redis_timeouts() == []
+
+
+def test_e004_the_suite_and_example_layer_configs_pass():
+    from example_project.env import channel_layers
+
+    with override_settings(CHANNEL_LAYERS=channel_layers("redis://127.0.0.1:6379/0")):
+        assert agch_checks.check_redis_timeouts() == []

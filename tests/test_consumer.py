@@ -314,3 +314,20 @@ async def test_a_layer_failure_handing_over_a_frame_still_acks_the_stored_frame(
     assert {"type": "ack", "id": "c", "seq": 1} in frames
     assert await sync_to_async(Event.objects.filter(name="client.cancel").count)() == 1
     await ws.disconnect()
+
+
+@pytest.mark.parametrize("check_ms", [50, 0])
+async def test_a_dropped_tail_is_fetched_once_the_stream_goes_quiet(staff, settings, check_ms):
+    settings.AGENT_CHANNELS = {"HEAD_CHECK_MS": check_ms}
+    ws = await connect("tail", staff)
+    await recv(ws)
+    await apublish("tail", "tick", {"i": 0})
+    assert (await recv_events(ws, 1))[0]["seq"] == 1
+    # The last events of the burst never reach the layer, and nothing follows them.
+    await sync_to_async(append)("tail", [EventDraft("tick", {"i": i}) for i in (1, 2)],
+                                notify=False)
+    if check_ms:
+        assert [f["seq"] for f in await recv_events(ws, 2, timeout=5)] == [2, 3]
+    else:
+        assert await ws.receive_nothing(0.5)
+    await ws.disconnect()

@@ -77,8 +77,11 @@ async def read_events(ws, count: int, timeout: float = 30) -> list[dict]:
 
 
 PUBLISHER = """
-import sys, time, django
+import logging, sys, time, django
 django.setup()
+# channels-redis reports the messages it drops at INFO: the drop test reads this.
+logging.getLogger("channels_redis").setLevel(logging.INFO)
+logging.getLogger("channels_redis").addHandler(logging.StreamHandler())
 from agent_channels import publish
 from agent_channels.wire import get_wire
 channel, start, count, interval = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -95,18 +98,19 @@ get_wire().drain()
 """
 
 
-def start_publisher(start: int, count: int, interval: float, pad: int = 200
-                    ) -> subprocess.Popen[str]:
+def start_publisher(start: int, count: int, interval: float, pad: int = 200,
+                    **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", PUBLISHER, CHANNEL, str(start), str(count), str(interval),
          str(pad)],
-        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
-def finish(proc: subprocess.Popen[str]) -> None:
+def finish(proc: subprocess.Popen[str]) -> str:
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+    return err
 
 
 def check_sequence(frames: list[dict], first: int, last: int) -> None:
@@ -148,9 +152,10 @@ async def test_a_layer_that_drops_messages_still_delivers_every_event_in_order(d
     # capacity=2: channels-redis drops most of a burst; the consumer heals from the log.
     server = daphnes(AGCH_LAYER_CAPACITY="2")
     clients = [await open_ws(server, cookie) for _ in range(3)]
-    publisher = await asyncio.to_thread(start_publisher, 0, 400, 0)
+    publisher = await asyncio.to_thread(start_publisher, 0, 400, 0, 200, AGCH_LAYER_CAPACITY="2")
     results = await asyncio.gather(*(read_events(ws, 400, timeout=60) for ws in clients))
-    await asyncio.to_thread(finish, publisher)
+    log = await asyncio.to_thread(finish, publisher)
+    assert "over capacity" in log, "the layer must really have dropped messages"
     for frames in results:
         check_sequence(frames, 1, 400)
     for ws in clients:

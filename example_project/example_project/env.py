@@ -50,7 +50,13 @@ def channel_layers(redis_url: str | None) -> dict[str, Any]:
         return {
             "default": {
                 "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [redis_url], "capacity": 1000, "group_expiry": 86400},
+                "CONFIG": {
+                    # socket_timeout: redis-py 8 defaults to 5 s, channels-redis blocks for
+                    # 5 s per receive; equal timeouts kill idle sockets (check E004).
+                    "hosts": [{"address": redis_url, "socket_timeout": 30}],
+                    "capacity": 1000,
+                    "group_expiry": 86400,
+                },
             }
         }
     return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer",
