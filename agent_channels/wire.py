@@ -72,6 +72,10 @@ class LiveWire:
         self._queues: dict[
             asyncio.AbstractEventLoop, asyncio.Queue[tuple[str, dict[str, Any]]]
         ] = {}
+        # Sends accepted but not yet handed to the layer, per loop: drain() waits on these,
+        # counted here (not in the queues) so a send made a moment ago is never missed.
+        self._pending: dict[asyncio.AbstractEventLoop, int] = {}
+        self._idle = threading.Condition(self._lock)
 
     def _loop(self) -> asyncio.AbstractEventLoop | None:
         if isinstance(self.layer, InMemoryChannelLayer):
@@ -94,9 +98,21 @@ class LiveWire:
         loop = self._loop()
         if loop is None:
             return False
+        with self._lock:
+            for closed in [old for old in self._queues if old.is_closed()]:
+                del self._queues[closed]
+                self._pending.pop(closed, None)
+            queue = self._queues.get(loop)
+            start_sender = queue is None
+            if queue is None:
+                queue = self._queues[loop] = asyncio.Queue()
+            self._pending[loop] = self._pending.get(loop, 0) + 1
         try:
-            loop.call_soon_threadsafe(self._enqueue, loop, group, message)
+            if start_sender:
+                loop.call_soon_threadsafe(self._start_sender, loop, queue)
+            loop.call_soon_threadsafe(queue.put_nowait, (group, message))
         except RuntimeError:  # the loop closed between the check and the call
+            self._done(loop)
             return False
         return True
 
@@ -104,16 +120,14 @@ class LiveWire:
         """Announce committed events of ``channel`` to its consumers."""
         return self.send(event_group(channel), build_events_message(first_seq, texts))
 
-    def _enqueue(
-        self, loop: asyncio.AbstractEventLoop, group: str, message: dict[str, Any]
+    def _start_sender(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[str, dict[str, Any]]]
     ) -> None:
-        queue = self._queues.get(loop)
-        if queue is None:
-            queue = self._queues[loop] = asyncio.Queue()
-            loop.create_task(self._sender(queue))
-        queue.put_nowait((group, message))
+        loop.create_task(self._sender(loop, queue))
 
-    async def _sender(self, queue: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
+    async def _sender(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[str, dict[str, Any]]]
+    ) -> None:
         assert self.layer is not None
         while True:
             group, message = await queue.get()
@@ -122,21 +136,37 @@ class LiveWire:
             except Exception:
                 logger.exception("agent_channels: live send to %s failed; the log has it", group)
             finally:
-                queue.task_done()
+                self._done(loop)
 
-    def drain(self, timeout: float = 5.0) -> None:
-        """Block until every queued send was handed to the layer (for shutdown and tests)."""
-        for loop, queue in list(self._queues.items()):
-            if loop.is_closed() or loop is _server_loop:
-                continue
-            future = asyncio.run_coroutine_threadsafe(queue.join(), loop)
-            future.result(timeout)
+    def _done(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            self._pending[loop] = self._pending.get(loop, 1) - 1
+            self._idle.notify_all()
+
+    def _waitable(self) -> int:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        # A loop's own thread cannot wait for that loop; a closed loop will send nothing.
+        return sum(
+            count
+            for loop, count in self._pending.items()
+            if loop is not running and not loop.is_closed()
+        )
+
+    def drain(self, timeout: float = 5.0) -> bool:
+        """Block until every accepted send was handed to the layer; False on timeout.
+
+        Call it before a short-lived process (a script, a management command) exits;
+        long-lived workers need not. Also runs automatically at interpreter exit.
+        """
+        with self._lock:
+            return self._idle.wait_for(lambda: self._waitable() == 0, timeout)
 
     def close(self, timeout: float = 2.0) -> None:
         """Send what is queued, then stop the private loop (used on reset and at exit)."""
-        try:
-            self.drain(timeout)
-        except Exception:
+        if not self.drain(timeout):
             logger.warning("agent_channels: live sends still queued at shutdown were dropped")
         loop = self._private_loop
         if loop is not None and not loop.is_closed():
@@ -174,4 +204,7 @@ def reset_wire() -> None:
         old.close()
 
 
-atexit.register(reset_wire)
+# Run before the interpreter starts shutting down thread pools: the layer's connection
+# setup (DNS lookups) uses the default executor, which refuses work after that point.
+_register_exit = getattr(threading, "_register_atexit", atexit.register)
+_register_exit(reset_wire)

@@ -175,3 +175,36 @@ async def test_a_stalled_client_catches_up_from_the_log(daphnes, cookie):
     await ws.close()
     server.stop()
     assert "fell behind" in server.log_text(), "the server must have stopped sending and caught up"
+
+
+@pytest.mark.redis
+async def test_an_idle_socket_outlives_the_layers_blocking_receive(daphnes, cookie):
+    # channels-redis blocks 5 s per receive; with redis-py 8's default 5 s socket timeout
+    # the consumer died here (check agent_channels.E004). The suite's layer sets 30 s.
+    server = daphnes()
+    ws = await open_ws(server, cookie)
+    await asyncio.sleep(7)
+    publisher = await asyncio.to_thread(start_publisher, 0, 1, 0)
+    await asyncio.to_thread(finish, publisher)
+    check_sequence(await read_events(ws, 1), 1, 1)
+    await ws.close()
+    server.stop()
+    assert "Timeout reading" not in server.log_text()
+
+
+@pytest.mark.redis
+async def test_a_process_that_publishes_and_exits_at_once_still_sends_live():
+    from channels.layers import get_channel_layer
+
+    from agent_channels.names import event_group
+
+    layer = get_channel_layer()
+    inbox = await layer.new_channel()
+    await layer.group_add(event_group("short-lived"), inbox)
+    code = "import django; django.setup()\nfrom agent_channels import publish\n" \
+           "publish('short-lived', 'tick', {})\n"  # no drain(): the exit hook must send it
+    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code], env=child_env(),
+                                   capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    message = await asyncio.wait_for(layer.receive(inbox), 10)
+    assert (message["first"], message["last"]) == (1, 1)
