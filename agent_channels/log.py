@@ -129,30 +129,83 @@ def append(
     if not drafts:
         return []
     using = router.db_for_write(Event)
-    with transaction.atomic(using=using):
-        channel_id, last_seq = _reserve(channel, len(drafts), owner_id, using)
-        first_seq = last_seq - len(drafts) + 1
-        now = timezone.now()
-        events = [
-            Event(
-                channel_id=channel_id,
-                seq=first_seq + i,
-                name=draft.name,
-                run_id=draft.run_id,
-                data=draft.data,
-                created_at=now,
-            )
-            for i, draft in enumerate(drafts)
-        ]
-        Event.objects.using(using).bulk_create(events)
-        if notify:
-            from agent_channels import wire
+    if connections[using].vendor == "postgresql":
+        events = _append_postgresql(channel, drafts, owner_id, using)
+    else:
+        with transaction.atomic(using=using):
+            channel_id, last_seq = _reserve(channel, len(drafts), owner_id, using)
+            first_seq = last_seq - len(drafts) + 1
+            now = timezone.now()
+            events = [
+                Event(
+                    channel_id=channel_id,
+                    seq=first_seq + i,
+                    name=draft.name,
+                    run_id=draft.run_id,
+                    data=draft.data,
+                    created_at=now,
+                )
+                for i, draft in enumerate(drafts)
+            ]
+            Event.objects.using(using).bulk_create(events)
+    if notify:
+        from agent_channels import wire
 
-            texts = [json.dumps(e.to_frame(), separators=(",", ":")) for e in events]
-            transaction.on_commit(
-                partial(wire.get_wire().send_events, channel, first_seq, texts), using=using
-            )
+        texts = [json.dumps(e.to_frame(), separators=(",", ":")) for e in events]
+        transaction.on_commit(
+            partial(wire.get_wire().send_events, channel, events[0].seq, texts), using=using
+        )
     return events
+
+
+def _append_postgresql(
+    channel: str, drafts: Sequence[EventDraft], owner_id: Any, using: str
+) -> list[Event]:
+    """Reserve the seqs and insert the events in one statement.
+
+    Outside a transaction that statement is its own transaction: one round trip and
+    one commit instead of BEGIN, UPDATE, INSERT, COMMIT (publish() ran at about half
+    the speed of a plain insert before). The UPDATE's row lock still orders writers.
+    """
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    channel_table, event_table = quote(Channel._meta.db_table), quote(Event._meta.db_table)
+    now = timezone.now()
+    count = len(drafts)
+    rows = ", ".join(["(%s, %s, %s::uuid, %s::jsonb)"] * count)
+    sql = (
+        f"WITH c AS (UPDATE {channel_table} SET last_seq = last_seq + %s, last_event_at = %s "  # noqa: S608
+        "WHERE name = %s RETURNING id, last_seq), "
+        f"ins AS (INSERT INTO {event_table} (channel_id, seq, name, run_id, data, created_at) "
+        "SELECT c.id, c.last_seq - %s + v.ord, v.name, v.run_id, v.data, %s "
+        f"FROM c, (VALUES {rows}) AS v(ord, name, run_id, data) RETURNING id, seq, channel_id) "
+        "SELECT id, seq, channel_id FROM ins ORDER BY seq"
+    )
+    params: list[Any] = [count, now, channel, count, now]
+    for ordinal, draft in enumerate(drafts, start=1):
+        run_id = None if draft.run_id is None else str(draft.run_id)
+        params += [ordinal, draft.name, run_id, json.dumps(draft.data)]
+    for _attempt in range(2):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            inserted = cursor.fetchall()
+        if inserted:
+            return [
+                Event(
+                    id=event_id,
+                    channel_id=channel_id,
+                    seq=seq,
+                    name=draft.name,
+                    run_id=draft.run_id,
+                    data=draft.data,
+                    created_at=now,
+                )
+                for (event_id, seq, channel_id), draft in zip(inserted, drafts, strict=True)
+            ]
+        Channel.objects.using(using).bulk_create(
+            [Channel(name=channel, owner_id=owner_id)], ignore_conflicts=True
+        )
+    raise RuntimeError(f"Channel {channel!r} could not be created.")  # pragma: no cover
 
 
 def read(channel_id: int, after: int, until: int | None = None, limit: int = 500) -> list[Event]:
