@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.db import close_old_connections, connection, connections
+from django.db import connection, connections
 
 from agent_channels.conf import get_config
 from agent_channels.log import EventDraft, append
@@ -133,11 +133,13 @@ class _Flusher:
             if stream is None or stream is True:
                 continue
             try:
-                close_old_connections()
+                # No close_old_connections() here: with CONN_MAX_AGE=0 it would reconnect
+                # for every flush; the connection is closed when idle or broken instead.
                 stream.flush_due()
             except Exception:
                 # The deltas stay buffered; the next write or complete() retries them.
                 logger.exception("agent_channels: timed flush of %s failed", stream.message_id)
+                connections.close_all()
 
 
 def release_connections(timeout: float = 5.0) -> bool:
