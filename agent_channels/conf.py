@@ -51,6 +51,44 @@ DEFAULTS: dict[str, Any] = {
     # Peak events per second one server process is expected to receive on the live wire:
     # compared with the layer's capacity by check agent_channels.W003.
     "EXPECTED_EVENT_RATE": 100,
+    # --- The runtime (agent_channels.runtime, docs/runtime.rst) ---
+    # Agents by name: {"name": "dotted.path.to.function"}. Functions decorated with
+    # @agent("name") in an installed app's agents.py register themselves as well.
+    "AGENTS": {},
+    # Where runs execute: a dotted path to a RunBackend subclass, or None to pick Celery when
+    # settings.CELERY_BROKER_URL is set and the in-process thread pool otherwise.
+    "RUN_BACKEND": None,
+    # The Celery app runs are sent with (dotted path); None means celery.current_app.
+    "CELERY_APP": None,
+    # The Celery queue runs are sent to; None means the app's default queue.
+    "CELERY_QUEUE": None,
+    # Threads of the in-process backend: runs executing at once in one web process.
+    "INPROCESS_WORKERS": 4,
+    # What starting a run does while another run of the channel is active:
+    # "reject", "enqueue" (start after it) or "interrupt" (stop it, then start).
+    "DOUBLE_TEXTING": "reject",
+    # Seconds a run may take from its first start before it fails; a run may set its own.
+    "RUN_TIME_LIMIT": 3600,
+    # A worker proves a run is alive this often...
+    "HEARTBEAT_SECONDS": 5.0,
+    # ...and a running run whose heartbeat is older than this is presumed dead and restarted.
+    "STALE_AFTER_SECONDS": 60.0,
+    # How often each worker process looks for dead runs (0 disables the reaper).
+    "REAP_EVERY_SECONDS": 30.0,
+    # Starts a run gets (the first included) before a dead worker makes it fail instead.
+    "MAX_ATTEMPTS": 3,
+    # The model for ctx.chat(); None means the OPENAI_MODEL environment variable, then gpt-4o-mini.
+    "OPENAI_MODEL": None,
+    # Passed to openai.OpenAI(); None leaves the SDK to read OPENAI_BASE_URL / OPENAI_API_KEY.
+    "OPENAI_BASE_URL": None,
+    "OPENAI_API_KEY": None,
+    # Seconds without a byte from the model before a model call fails.
+    "MODEL_TIMEOUT": 120.0,
+    # Model calls one ctx.chat() may make while the model keeps asking for tools.
+    "MAX_TOOL_ROUNDS": 10,
+    # {"model": [USD per 1M prompt tokens, USD per 1M completion tokens]} for the admin's
+    # estimated cost of a run.
+    "MODEL_PRICES": {},
 }
 
 

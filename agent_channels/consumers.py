@@ -28,6 +28,7 @@ from agent_channels.log import EventDraft, append, read
 from agent_channels.models import Channel
 from agent_channels.names import InvalidChannelName, control_group, event_group, validate_name
 from agent_channels.ratelimit import TokenBucket
+from agent_channels.runtime.control import after_control
 from agent_channels.wire import EVENTS_MESSAGE, register_server_loop
 
 __all__ = ["ChannelConsumer"]
@@ -370,6 +371,10 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 "data": frame.data,
                 "id": frame.id,
             },
+        )
+        # Runs in this process, and runs that no worker holds (waiting, queued).
+        await database_sync_to_async(after_control)(
+            self.channel, seq, frame.type, frame.data, frame.id
         )
 
     async def _persist(self, frame: ClientFrame) -> int:

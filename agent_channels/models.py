@@ -10,7 +10,7 @@ from django.db import models
 
 from agent_channels.names import MAX_NAME_LENGTH
 
-__all__ = ["Channel", "Event", "Run", "RunStatus"]
+__all__ = ["Channel", "Event", "Run", "RunStatus", "Step", "StepStatus"]
 
 
 class Channel(models.Model):
@@ -76,6 +76,19 @@ class Run(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The runtime's bookkeeping (agent_channels.runtime): how often the run was claimed by a
+    # worker, which worker holds it and when it last proved it is alive.
+    attempts = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True, default="")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    #: Control events (interrupt, cancel) with ``seq <= control_seq`` were already handled;
+    #: a restarted run skips them instead of obeying them twice.
+    control_seq = models.PositiveBigIntegerField(default=0)
+    #: Seconds the run may take from its first start; None means the AGENT_CHANNELS default.
+    time_limit = models.PositiveIntegerField(null=True, blank=True)
+    model = models.CharField(max_length=200, blank=True, default="")
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
 
     objects = RunQuerySet.as_manager()
 
@@ -86,11 +99,60 @@ class Run(models.Model):
                 fields=["channel", "status"],
                 name="agch_run_active_idx",
                 condition=models.Q(status__in=["queued", "running", "waiting"]),
-            )
+            ),
+            # The reaper's query: running runs whose heartbeat is older than a threshold.
+            models.Index(
+                fields=["heartbeat_at"],
+                name="agch_run_running_hb_idx",
+                condition=models.Q(status="running"),
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.agent} on {self.channel_id} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+class StepStatus(models.TextChoices):
+    STARTED = "started", "Started"
+    COMPLETED = "completed", "Completed"
+
+
+class Step(models.Model):
+    """One journaled step of a run: a model call, a tool call, an input wait, an emit.
+
+    A restarted run replays completed steps from here instead of executing them again.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    index = models.PositiveIntegerField()
+    kind = models.CharField(max_length=50)
+    name = models.CharField(max_length=200, blank=True, default="")
+    status = models.CharField(max_length=20, choices=StepStatus.choices, default=StepStatus.STARTED)
+    result: models.JSONField[Any] = models.JSONField(null=True, blank=True)
+    attempt = models.PositiveIntegerField(default=1)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "index"], name="agch_step_run_index_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} #{self.index} {self.kind} {self.name}".rstrip()
 
 
 class Event(models.Model):

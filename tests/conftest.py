@@ -60,3 +60,56 @@ def _release_background_connections(django_db_setup, django_db_blocker):
     from agent_channels.publishing import release_connections
 
     release_connections()
+
+
+# -- the runtime's fixtures ----------------------------------------------------------------
+
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+from .llm_server import LLMServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def llm_server() -> Iterator[LLMServer]:
+    """The fake model server; workers started by the tests inherit its URL."""
+    server = LLMServer()
+    old = {k: os.environ.get(k) for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
+    os.environ["OPENAI_BASE_URL"] = server.base_url
+    os.environ["OPENAI_API_KEY"] = "test-key"
+    yield server
+    server.stop()
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def llm(llm_server: LLMServer) -> LLMServer:
+    llm_server.reset()
+    return llm_server
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def inprocess_runtime() -> Iterator[None]:
+    """The in-process backend, drained after the test so no run outlives its database."""
+    from agent_channels.runtime.backends import reset_backend
+
+    reset_backend()
+    yield
+    reset_backend()

@@ -81,7 +81,35 @@ if LAYER_KIND == "redis":
     if os.environ.get("AGCH_LAYER_CAPACITY"):
         CHANNEL_LAYERS["default"]["CONFIG"]["capacity"] = int(os.environ["AGCH_LAYER_CAPACITY"])
 
-AGENT_CHANNELS = {"EXPECTED_EVENT_RATE": 100}
+AGENT_CHANNELS = {
+    "EXPECTED_EVENT_RATE": 100,
+    "AGENTS": {
+        "demo": "demo.agents.demo",
+        "chat": "demo.agents.chat",
+        "approval": "demo.agents.approval",
+        "echo": "tests.agents.echo",
+        "fail": "tests.agents.fail",
+        "bad_output": "tests.agents.bad_output",
+        "chatty": "tests.agents.chatty",
+        "listener": "tests.agents.listener",
+        "steps": "tests.agents.steps",
+    },
+    # Integration tests run Celery workers with AGCH_RUN_BACKEND=celery; unit tests run
+    # in-process.
+    "RUN_BACKEND": (
+        "agent_channels.runtime.backends.CeleryBackend"
+        if os.environ.get("AGCH_RUN_BACKEND") == "celery"
+        else "agent_channels.runtime.backends.InProcessBackend"
+    ),
+    "CELERY_APP": "tests.celery_app.app",
+    # Short, so that the tests see a dead worker's run restarted within seconds.
+    "HEARTBEAT_SECONDS": float(os.environ.get("AGCH_HEARTBEAT", "0.5")),
+    "STALE_AFTER_SECONDS": float(os.environ.get("AGCH_STALE_AFTER", "3")),
+    "REAP_EVERY_SECONDS": float(os.environ.get("AGCH_REAP_EVERY", "1")),
+    "OPENAI_MODEL": "test-model",
+}
+#: The Celery broker of the integration tests: its own Redis database.
+CELERY_BROKER_URL_FOR_TESTS = os.environ.get("AGCH_BROKER_URL", "redis://127.0.0.1:6379/6")
 if os.environ.get("AGCH_SEND_BUFFER_BYTES"):
     AGENT_CHANNELS["SEND_BUFFER_BYTES"] = int(os.environ["AGCH_SEND_BUFFER_BYTES"])
 

@@ -58,13 +58,21 @@ DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL"), BASE_D
 REDIS_URL = os.environ.get("REDIS_URL") or None
 CHANNEL_LAYERS = channel_layers(REDIS_URL)
 
-# Celery: the broker defaults to REDIS_URL; with neither set, runs execute in-process.
+# Celery: the broker defaults to REDIS_URL; with neither set, runs execute in threads of
+# the web process (agent_channels' in-process backend picks itself when this is None).
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One prefetched message per process: a long run must not sit behind another in a queue.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# The Redis broker redelivers an unacknowledged message after this many seconds, even
+# if the run is still going. Duplicates are harmless (the run is claimed once), but the
+# time should exceed RUN_TIME_LIMIT; see docs/runtime.rst.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 3600}
 
 AGENT_CHANNELS = {
     "EXPECTED_EVENT_RATE": 200,
+    "RUN_TIME_LIMIT": 3600,
 }
 
 STATIC_URL = "static/"

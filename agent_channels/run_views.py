@@ -1,0 +1,147 @@
+"""HTTP for runs: start one, read its status, send it input/interrupt/cancel.
+
+These are JSON APIs for session users, so CSRF protection stays on: send the
+``csrftoken`` cookie's value in the ``X-CSRFToken`` header, as Django's docs describe
+for AJAX. A view that skipped it would let any page a logged-in user visits start
+runs (and spend model tokens) in their name.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from django.db import DatabaseError
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET, require_POST
+
+from agent_channels.access import get_access_policy
+from agent_channels.conf import get_config
+from agent_channels.frames import FrameError, parse_client_frame
+from agent_channels.models import Run
+from agent_channels.names import InvalidChannelName, validate_name
+from agent_channels.runtime.api import POLICIES, start_run
+from agent_channels.runtime.control import dispatch_control
+from agent_channels.runtime.errors import RunConflict, RunError, UnknownAgent
+from agent_channels.views import check_read, error
+
+__all__ = ["create_run", "post_message", "run_detail"]
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    return {
+        "id": str(run.pk),
+        "agent": run.agent,
+        "status": run.status,
+        "output": run.output,
+        "error": run.error,
+        "usage": run.usage,
+        "model": run.model,
+        "attempts": run.attempts,
+        "created_at": run.created_at.isoformat(),
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    limit = get_config()["MAX_CLIENT_FRAME_BYTES"]
+    if len(request.body) > limit:
+        raise FrameError("too_large", f"The body may be at most {limit} bytes.")
+    try:
+        body = json.loads(request.body or b"null")
+    except (ValueError, RecursionError):
+        raise FrameError("invalid_json", "The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise FrameError("invalid_body", "The body must be a JSON object.")
+    return body
+
+
+def _check_send(request: HttpRequest, channel: str) -> JsonResponse | None:
+    if get_access_policy().can_send(request.user, channel):
+        return None
+    if not request.user.is_authenticated:
+        return error(401, "unauthenticated", "Log in to send to this channel.")
+    return error(403, "forbidden", "You may not send to this channel.")
+
+
+@require_POST
+def create_run(request: HttpRequest, channel: str) -> JsonResponse:
+    """``POST <channel>/runs/`` with ``{"agent", "input", "on_active"?}`` → 201 ``{id, status}``."""
+    try:
+        name = validate_name(channel)
+    except InvalidChannelName as exc:
+        return error(400, "invalid_channel", str(exc))
+    denied = _check_send(request, name)
+    if denied is not None:
+        return denied
+    try:
+        body = _json_body(request)
+    except FrameError as exc:
+        return error(400, exc.code, exc.message)
+    agent = body.get("agent")
+    if not isinstance(agent, str) or not agent:
+        return error(400, "invalid_body", "'agent' must be the name of an agent.")
+    on_active = body.get("on_active")
+    if on_active is not None and on_active not in POLICIES:
+        return error(400, "invalid_body", f"'on_active' must be one of {', '.join(POLICIES)}.")
+    user = request.user if request.user.is_authenticated else None
+    try:
+        run = start_run(name, agent, body.get("input"), user=user, on_active=on_active)
+    except UnknownAgent as exc:
+        return error(400, "unknown_agent", str(exc))
+    except RunConflict as exc:
+        return error(409, "run_active", str(exc), run=str(exc.active_run_id))
+    except RunError as exc:
+        return error(400, "invalid_run", str(exc))
+    return JsonResponse({"id": str(run.pk), "status": run.status}, status=201)
+
+
+@require_GET
+def run_detail(request: HttpRequest, channel: str, run: str) -> JsonResponse:
+    """``GET <channel>/runs/<run>/``: the run's status, output and usage."""
+    try:
+        name = validate_name(channel)
+    except InvalidChannelName as exc:
+        return error(400, "invalid_channel", str(exc))
+    denied = check_read(request, name)
+    if denied is not None:
+        return denied
+    try:
+        run_id = uuid.UUID(run)
+    except ValueError:
+        return error(404, "not_found", "No such run on this channel.")
+    found = Run.objects.filter(pk=run_id, channel__name=name).first()
+    if found is None:
+        return error(404, "not_found", "No such run on this channel.")
+    return JsonResponse(run_json(found))
+
+
+@require_POST
+def post_message(request: HttpRequest, channel: str) -> JsonResponse:
+    """``POST <channel>/messages/``: the HTTP twin of a WebSocket input/interrupt/cancel frame."""
+    try:
+        name = validate_name(channel)
+    except InvalidChannelName as exc:
+        return error(400, "invalid_channel", str(exc))
+    denied = _check_send(request, name)
+    if denied is not None:
+        return denied
+    config = get_config()
+    try:
+        text = request.body.decode("utf-8")
+        frame = parse_client_frame(text, None, config["MAX_CLIENT_FRAME_BYTES"])
+    except UnicodeDecodeError:
+        return error(400, "invalid_json", "The body is not UTF-8 JSON.")
+    except FrameError as exc:
+        return error(400, exc.code, exc.message)
+    if frame.type == "ping":
+        return error(400, "unknown_type", "Send input, interrupt or cancel.")
+    try:
+        seq = dispatch_control(
+            name, frame.type, frame.data, frame.id, getattr(request.user, "pk", None)
+        )
+    except DatabaseError:
+        return error(503, "unavailable", "The message could not be stored; send it again.")
+    return JsonResponse({"type": "ack", "id": frame.id, "seq": seq}, status=202)

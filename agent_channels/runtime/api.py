@@ -1,0 +1,114 @@
+"""Starting runs: :func:`start_run`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from django.db import transaction
+
+from agent_channels.conf import get_config
+from agent_channels.log import EventDraft, append
+from agent_channels.models import Channel, Run, RunStatus
+from agent_channels.names import control_group, validate_name
+from agent_channels.runtime import lifecycle
+from agent_channels.runtime.control import CONTROL_MESSAGE, deliver_local
+from agent_channels.runtime.errors import RunConflict, RunError
+from agent_channels.runtime.registry import get_agent
+
+__all__ = ["POLICIES", "start_run"]
+
+Policy = Literal["reject", "enqueue", "interrupt"]
+POLICIES = ("reject", "enqueue", "interrupt")
+
+
+def start_run(
+    channel: str,
+    agent: str,
+    input: Any = None,
+    *,
+    user: Any = None,
+    on_active: Policy | None = None,
+    time_limit: int | None = None,
+) -> Run:
+    """Create a run of ``agent`` on ``channel``; it is enqueued when the transaction commits.
+
+    ``on_active`` decides what happens when another run of the channel is still active
+    (default: ``AGENT_CHANNELS["DOUBLE_TEXTING"]``): ``"reject"`` raises
+    :class:`RunConflict`, ``"enqueue"`` starts this run after the active one ends,
+    ``"interrupt"`` stops the active run (status ``interrupted``) and then starts this one.
+    """
+    validate_name(channel)
+    get_agent(agent)
+    policy = on_active or get_config()["DOUBLE_TEXTING"]
+    if policy not in POLICIES:
+        raise RunError(f"on_active must be one of {', '.join(POLICIES)}, not {policy!r}.")
+    try:
+        json.dumps(input)
+    except (TypeError, ValueError) as exc:
+        raise RunError(f"The run's input must be JSON: {exc}") from None
+    if time_limit is not None and (not isinstance(time_limit, int) or time_limit <= 0):
+        raise RunError("time_limit must be a positive number of seconds.")
+    owner_id = getattr(user, "pk", None)
+    with transaction.atomic():
+        Channel.objects.bulk_create(
+            [Channel(name=channel, owner_id=owner_id)], ignore_conflicts=True
+        )
+        # Locking the channel row serialises starts on one channel, so two concurrent
+        # starts cannot both see "nothing active".
+        row = Channel.objects.select_for_update().get(name=channel)
+        active = list(Run.objects.active().filter(channel=row).order_by("created_at"))
+        if active and policy == "reject":
+            raise RunConflict(
+                f"Run {active[0].pk} is still {active[0].status} on this channel.", active[0].pk
+            )
+        run = Run.objects.create(
+            channel=row,
+            agent=agent,
+            input=input,
+            created_by=user if owner_id is not None else None,
+            time_limit=time_limit,
+        )
+        queued = append(
+            channel,
+            [
+                EventDraft(
+                    "run.queued", {"agent": agent, "input": input, "behind": len(active)}, run.pk
+                )
+            ],
+        )[0]
+        Run.objects.filter(pk=run.pk).update(control_seq=queued.seq)
+        if policy == "interrupt":
+            for other in active:
+                _supersede(other, channel, run)
+        if not active:
+            lifecycle.enqueue(run.pk)
+    run.refresh_from_db()
+    return run
+
+
+def _supersede(other: Run, channel: str, by: Run) -> None:
+    if other.status != RunStatus.RUNNING:
+        # Nobody executes it right now: end it here.
+        lifecycle._finish_locked(
+            other, channel, RunStatus.INTERRUPTED, {"reason": "superseded", "by": str(by.pk)}
+        )
+        return
+    data = {"by": str(by.pk)}
+    event = append(channel, [EventDraft("control.supersede", {"data": data}, other.pk)])[0]
+    message = {
+        "type": CONTROL_MESSAGE,
+        "channel": channel,
+        "seq": event.seq,
+        "kind": "supersede",
+        "data": data,
+        "id": None,
+    }
+
+    def send() -> None:
+        from agent_channels.wire import get_wire
+
+        deliver_local(message)
+        get_wire().send(control_group(channel), message)
+
+    transaction.on_commit(send)

@@ -1,0 +1,405 @@
+"""What an agent function gets: ``fn(ctx, input)``.
+
+Every side effect goes through the context so the run can be journaled, replayed after
+a crash, and told to stop: ``emit``, ``message``, ``chat``, ``request_input``, ``step``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from django.db.models import F
+from django.utils import timezone
+
+from agent_channels.conf import get_config
+from agent_channels.log import EventDraft, append
+from agent_channels.models import Event, Run
+from agent_channels.publishing import MessageStream
+from agent_channels.runtime import lifecycle, llm
+from agent_channels.runtime.control import ControlMessage, Inbox
+from agent_channels.runtime.errors import (
+    Cancelled,
+    Interrupted,
+    Superseded,
+    Suspended,
+    TimeLimitExceeded,
+)
+from agent_channels.runtime.journal import Journal, StepRecord
+from agent_channels.runtime.tools import Tool, resolve_tools
+
+__all__ = ["ChatResult", "Message", "RunContext"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ChatResult:
+    """What :meth:`RunContext.chat` returns."""
+
+    text: str
+    #: The conversation including the assistant's replies and tool results.
+    messages: list[dict[str, Any]]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Message:
+    """A streamed assistant message: ``with ctx.message() as m: m.write("...")``."""
+
+    def __init__(self, ctx: RunContext, record: StepRecord) -> None:
+        self._ctx = ctx
+        self._record = record
+        #: True when this message completed in an earlier attempt: writes are ignored.
+        self.replayed = record.completed
+        self._stream: MessageStream | None = None
+        self.message_id = f"{ctx.run_id}-{record.index}"
+
+    @property
+    def text(self) -> str:
+        if self._stream is not None:
+            return self._stream.text
+        return str((self._record.result or {}).get("text", ""))
+
+    def __enter__(self) -> Message:
+        if self.replayed:
+            result = self._record.result or {}
+            if result.get("interrupted"):
+                raise Interrupted(result.get("data"), result.get("text", ""), result.get("seq"))
+            return self
+        self._ctx.check_control()
+        self._ctx.journal.start(self._record)
+        self._stream = MessageStream(
+            self._ctx.channel,
+            run=self._ctx.run_id,
+            message_id=f"{self.message_id}-a{self._ctx.attempt}",
+        )
+        self.message_id = self._stream.message_id
+        return self
+
+    def write(self, delta: str) -> None:
+        """Publish a piece of text (coalesced); raises when the run was interrupted or stopped."""
+        if self.replayed:
+            return
+        assert self._stream is not None, "use the message as a context manager"
+        self._ctx.check_control()
+        self._stream.write(delta)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.replayed or self._stream is None:
+            return
+        if exc_type is None:
+            self._stream.complete()
+            self._ctx.journal.complete(
+                self._record, {"text": self._stream.text, "message_id": self.message_id}
+            )
+        elif isinstance(exc, Interrupted):
+            self._stream.abort("interrupted")
+            exc.text = self._stream.text
+            self._ctx.journal.complete(
+                self._record,
+                {
+                    "text": exc.text,
+                    "message_id": self.message_id,
+                    "interrupted": True,
+                    "data": exc.data,
+                    "seq": exc.seq,
+                },
+            )
+        else:
+            reason = "cancelled" if isinstance(exc, Cancelled | Superseded) else exc_type.__name__
+            self._stream.abort(reason)
+
+
+class RunContext:
+    """The run an agent executes in, and its way to talk to the channel."""
+
+    def __init__(self, run: Run, channel: str, inbox: Inbox, attempt: int) -> None:
+        self.run_id = run.pk
+        self.channel = channel
+        self.agent = run.agent
+        self.input = run.input
+        self.attempt = attempt
+        self.inbox = inbox
+        self.journal = Journal(run.pk, attempt)
+        limit = run.time_limit or get_config()["RUN_TIME_LIMIT"]
+        started = run.started_at or timezone.now()
+        self.deadline = started.timestamp() + float(limit) if limit else None
+        self.timed_out = False
+        self._abort_handles: list[llm.AbortHandle] = []
+
+    # -- control ---------------------------------------------------------------------
+
+    def check_control(self) -> None:
+        """Raise if the run must stop (cancel, time limit) or was interrupted.
+
+        Agents that loop without calling the model or writing messages call this (or
+        :meth:`sleep`) now and then so that cancel and interrupt take effect.
+        """
+        if self.inbox.cancel is not None:
+            raise Cancelled(self.inbox.cancel.data)
+        if self.inbox.superseded is not None:
+            raise Superseded((self.inbox.superseded.data or {}).get("by"))
+        if self.timed_out or (self.deadline is not None and time.time() > self.deadline):
+            self.timed_out = True
+            raise TimeLimitExceeded()
+        if self.inbox.interrupts:
+            message = self.inbox.interrupts.popleft()
+            self._handled(message)
+            raise Interrupted(message.data, seq=message.seq)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait, waking at once for control messages (then raising like check_control)."""
+        end = time.monotonic() + max(0.0, seconds)
+        while True:
+            self.check_control()
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            self.inbox.wakeup.clear()
+            if self.inbox.pending:
+                continue
+            self.inbox.wakeup.wait(remaining)
+
+    def _handled(self, message: ControlMessage) -> None:
+        Run.objects.filter(pk=self.run_id, control_seq__lt=message.seq).update(
+            control_seq=message.seq
+        )
+        logger.debug("agent_channels: run %s saw %s seq %s", self.run_id, message.kind, message.seq)
+
+    def tick(self) -> None:
+        """From the monitor thread: enforce the time limit even inside a model call."""
+        if self.deadline is not None and time.time() > self.deadline and not self.timed_out:
+            self.timed_out = True
+            self._abort_streams()
+            self.inbox.wakeup.set()
+
+    def _abort_streams(self) -> None:
+        for handle in list(self._abort_handles):
+            handle.abort()
+
+    # -- events and messages ---------------------------------------------------------
+
+    def emit(self, name: str, data: dict[str, Any] | None = None) -> None:
+        """Publish a custom event on the channel (once, even if the run is replayed)."""
+        record = self.journal.next("emit", name)
+        if record.completed:
+            return
+        event = append(self.channel, [EventDraft(name, data or {}, self.run_id)])[0]
+        self.journal.complete(record, {"seq": event.seq})
+
+    def message(self) -> Message:
+        """A streamed assistant message (``message.delta`` … ``message.completed``)."""
+        return Message(self, self.journal.next("message"))
+
+    stream = message
+
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` once: its JSON result is journaled and returned on replay."""
+        record = self.journal.next("step", name)
+        if record.completed:
+            return record.result
+        self.check_control()
+        self.journal.start(record)
+        result = fn()
+        json.dumps(result)
+        self.journal.complete(record, result)
+        return result
+
+    # -- the model -------------------------------------------------------------------
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Iterable[str | Tool | Callable[..., Any]] = (),
+        model: str | None = None,
+        max_rounds: int | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        """Stream a chat completion into the channel, running tool calls until the model
+        answers. Raises :class:`Interrupted` (with ``messages`` so far) on interrupt."""
+        tool_map = resolve_tools(tools)
+        specs = [t.spec() for t in tool_map.values()]
+        model = model or llm.default_model()
+        history = [dict(m) for m in messages]
+        prompt = completion = 0
+        rounds = max_rounds or int(get_config()["MAX_TOOL_ROUNDS"])
+        for _round in range(rounds):
+            result = self._model_call(history, model, specs, params)
+            prompt += int(result.get("prompt_tokens", 0))
+            completion += int(result.get("completion_tokens", 0))
+            assistant: dict[str, Any] = {"role": "assistant", "content": result["content"]}
+            if result["tool_calls"]:
+                assistant["tool_calls"] = result["tool_calls"]
+            history.append(assistant)
+            if result.get("interrupted"):
+                exc = Interrupted(result.get("data"), result["content"], result.get("seq"))
+                exc.messages = history
+                raise exc
+            if not result["tool_calls"]:
+                return ChatResult(result["content"], history, prompt, completion)
+            for call in result["tool_calls"]:
+                output = self._tool_call(call, tool_map)
+                history.append(
+                    {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(output)}
+                )
+        raise RuntimeError(f"The model still asked for tools after {rounds} rounds.")
+
+    def _model_call(
+        self,
+        history: list[dict[str, Any]],
+        model: str,
+        specs: list[dict[str, Any]],
+        params: dict[str, Any],
+    ) -> dict[str, Any]:
+        record = self.journal.next("model", model)
+        if record.completed:
+            return dict(record.result)
+        self.check_control()
+        self.journal.start(record)
+        stream = MessageStream(
+            self.channel,
+            run=self.run_id,
+            message_id=f"{self.run_id}-{record.index}-a{self.attempt}",
+        )
+        handle = llm.AbortHandle()
+        self._abort_handles.append(handle)
+
+        def on_control(message: ControlMessage) -> None:
+            if message.kind in ("interrupt", "cancel", "supersede"):
+                handle.abort()
+
+        remove = self.inbox.on_message(on_control)
+        try:
+            if self.inbox.pending:
+                handle.abort()
+            result = llm.stream_chat(
+                messages=history,
+                model=model,
+                tools=specs,
+                params=params,
+                on_text=stream.write,
+                handle=handle,
+            )
+        except llm.StreamAborted as aborted:
+            partial: llm.ModelResult = aborted.args[0]
+            reason = "interrupted" if self.inbox.interrupts else "cancelled"
+            if self.timed_out:
+                reason = "time_limit"
+            stream.abort(reason)
+            if reason != "interrupted":
+                self.check_control()  # raises Cancelled / Superseded / TimeLimitExceeded
+                raise Cancelled() from None
+            message = self.inbox.interrupts.popleft()
+            self._handled(message)
+            data = partial.to_json()
+            data.update(interrupted=True, data=message.data, seq=message.seq, tool_calls=[])
+            self.journal.complete(record, data, also=lambda: self._add_usage(model, partial))
+            return data
+        except BaseException:
+            if not stream.closed:
+                stream.abort("error")
+            raise
+        finally:
+            remove()
+            self._abort_handles.remove(handle)
+        if result.content or not result.tool_calls:
+            stream.complete()
+        else:
+            stream.abort("tool_calls")  # nothing was written; closes the registration
+        data = result.to_json()
+        self.journal.complete(record, data, also=lambda: self._add_usage(model, result))
+        return data
+
+    def _add_usage(self, model: str, result: llm.ModelResult) -> None:
+        Run.objects.filter(pk=self.run_id).update(
+            model=model,
+            prompt_tokens=F("prompt_tokens") + result.prompt_tokens,
+            completion_tokens=F("completion_tokens") + result.completion_tokens,
+        )
+
+    def _tool_call(self, call: dict[str, Any], tool_map: dict[str, Tool]) -> Any:
+        name = str(call.get("function", {}).get("name", ""))
+        raw = str(call.get("function", {}).get("arguments", ""))
+        record = self.journal.next("tool", name)
+        if record.completed:
+            return record.result["result"]
+        self.check_control()
+        self.journal.start(record)
+        base = {"name": name, "call_id": call.get("id"), "arguments": raw}
+        append(self.channel, [EventDraft("tool.started", base, self.run_id)])
+        try:
+            arguments = llm.parse_arguments(raw)
+            found = tool_map.get(name)
+            if found is None:
+                raise LookupError(f"The model asked for an unknown tool {name!r}.")
+            output: Any = found(**arguments)
+            json.dumps(output)
+            ok = True
+        except Exception as exc:
+            # The model gets the error as the tool's result and may recover from it.
+            output = {"error": f"{type(exc).__name__}: {exc}"}
+            ok = False
+        append(
+            self.channel,
+            [EventDraft("tool.completed", {**base, "result": output, "ok": ok}, self.run_id)],
+        )
+        self.journal.complete(record, {"result": output, "ok": ok})
+        return output
+
+    # -- human input -----------------------------------------------------------------
+
+    def request_input(self, prompt: Any, **data: Any) -> Any:
+        """Ask the channel's clients for input; returns what a client sends back.
+
+        The run is suspended meanwhile: its worker is released, and the run resumes
+        here when a client sends ``{"type": "input", "data": ...}``.
+        """
+        record = self.journal.next("input")
+        if record.completed:
+            return record.result["value"]
+        if record.result is None:
+            self.check_control()
+            event = append(
+                self.channel,
+                [EventDraft("input.requested", {"prompt": prompt, **data}, self.run_id)],
+            )[0]
+            self.journal.start(record, {"after_seq": event.seq, "prompt": prompt})
+        after = int(record.result["after_seq"])
+        found = self._find_input(after)
+        if found is None:
+            if not lifecycle.set_waiting(self.run_id, {"prompt": prompt}):
+                raise Cancelled() from None
+            # The input may have arrived before the status said "waiting", when nobody
+            # would have resumed the run: look once more before letting go.
+            found = self._find_input(after)
+            if found is None or not lifecycle.take_back(self.run_id):
+                raise Suspended()
+        value, seq = found
+        append(
+            self.channel, [EventDraft("input.received", {"value": value, "seq": seq}, self.run_id)]
+        )
+        self.journal.complete(record, {"value": value, "seq": seq})
+        return value
+
+    def _find_input(self, after: int) -> tuple[Any, int] | None:
+        event = (
+            Event.objects.filter(channel__name=self.channel, seq__gt=after, name="client.input")
+            .order_by("seq")
+            .first()
+        )
+        if event is None:
+            return None
+        data = event.data if isinstance(event.data, dict) else {}
+        return data.get("data"), event.seq

@@ -1,0 +1,303 @@
+"""Control messages (input, interrupt, cancel) on their way to a running agent.
+
+A client frame is persisted as a ``client.*`` event and then sent to the channel's
+control group on the channel layer. Each worker process listens on that group for the
+channels whose runs it is executing, with one layer channel and one long-lived event
+loop per process, and hands each message to the run's :class:`Inbox`. No database
+polling: the only read is one catch-up query when a run subscribes, for messages sent
+before the subscription existed.
+
+The in-memory layer cannot cross threads or processes, so with it (and always, for
+runs in the same process) messages are also delivered directly; inboxes drop a seq
+they have already seen, so a message arriving both ways counts once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import transaction
+
+from agent_channels.conf import get_config
+from agent_channels.log import EventDraft, append
+from agent_channels.models import Event
+from agent_channels.names import control_group
+
+__all__ = [
+    "CONTROL_EVENTS",
+    "CONTROL_MESSAGE",
+    "ControlMessage",
+    "Inbox",
+    "after_control",
+    "deliver_local",
+    "dispatch_control",
+    "get_listener",
+]
+
+logger = logging.getLogger(__name__)
+
+CONTROL_MESSAGE = "agent_channels.control"
+#: Persisted events that carry control to a run (read once when a run subscribes).
+CONTROL_EVENTS = ("client.interrupt", "client.cancel", "control.supersede")
+
+
+@dataclass(frozen=True)
+class ControlMessage:
+    kind: str
+    seq: int
+    data: Any = None
+    id: Any = None
+    #: ``time.time()`` when this process saw it: for measuring send-to-agent latency.
+    seen_at: float = field(default_factory=time.time)
+
+
+class Inbox:
+    """What a running agent has been told; written by the listener, read by the agent."""
+
+    def __init__(self, channel: str, after_seq: int) -> None:
+        self.channel = channel
+        self.last_seq = after_seq
+        self.wakeup = threading.Event()
+        self._lock = threading.Lock()
+        self.cancel: ControlMessage | None = None
+        self.superseded: ControlMessage | None = None
+        self.interrupts: deque[ControlMessage] = deque()
+        self.inputs: deque[ControlMessage] = deque()
+        self._listeners: list[Callable[[ControlMessage], None]] = []
+
+    def deliver(self, message: ControlMessage) -> bool:
+        with self._lock:
+            if message.seq <= self.last_seq:
+                return False
+            self.last_seq = message.seq
+            if message.kind == "cancel":
+                self.cancel = message
+            elif message.kind == "supersede":
+                self.superseded = message
+            elif message.kind == "interrupt":
+                self.interrupts.append(message)
+            elif message.kind == "input":
+                self.inputs.append(message)
+            else:
+                return False
+            listeners = list(self._listeners)
+        self.wakeup.set()
+        for listener in listeners:
+            try:
+                listener(message)
+            except Exception:
+                logger.exception("agent_channels: control listener failed")
+        return True
+
+    def on_message(self, listener: Callable[[ControlMessage], None]) -> Callable[[], None]:
+        """Call ``listener`` from the delivering thread; returns a function that removes it."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    @property
+    def stopping(self) -> bool:
+        return self.cancel is not None or self.superseded is not None
+
+    @property
+    def pending(self) -> bool:
+        return self.stopping or bool(self.interrupts)
+
+
+_inboxes: dict[str, list[Inbox]] = {}
+_inboxes_lock = threading.Lock()
+
+
+def register_inbox(inbox: Inbox) -> None:
+    with _inboxes_lock:
+        _inboxes.setdefault(inbox.channel, []).append(inbox)
+
+
+def unregister_inbox(inbox: Inbox) -> bool:
+    """Remove ``inbox``; True when it was the channel's last one in this process."""
+    with _inboxes_lock:
+        inboxes = _inboxes.get(inbox.channel, [])
+        if inbox in inboxes:
+            inboxes.remove(inbox)
+        if not inboxes:
+            _inboxes.pop(inbox.channel, None)
+            return True
+        return False
+
+
+def deliver_local(message: dict[str, Any]) -> int:
+    """Hand a layer control message to this process's inboxes; returns how many took it."""
+    try:
+        item = ControlMessage(
+            kind=str(message["kind"]),
+            seq=int(message["seq"]),
+            data=message.get("data"),
+            id=message.get("id"),
+        )
+        channel = str(message["channel"])
+    except (KeyError, TypeError, ValueError):
+        logger.warning("agent_channels: malformed control message dropped: %.200r", message)
+        return 0
+    with _inboxes_lock:
+        inboxes = list(_inboxes.get(channel, ()))
+    return sum(inbox.deliver(item) for inbox in inboxes)
+
+
+def catch_up(inbox: Inbox, channel_id: int) -> None:
+    """Deliver control events persisted before the subscription was in place."""
+    events = Event.objects.filter(
+        channel_id=channel_id, seq__gt=inbox.last_seq, name__in=CONTROL_EVENTS
+    ).order_by("seq")
+    for event in events:
+        data = event.data if isinstance(event.data, dict) else {}
+        inbox.deliver(
+            ControlMessage(
+                kind=event.name.split(".", 1)[1],
+                seq=event.seq,
+                data=data.get("data"),
+                id=data.get("id"),
+            )
+        )
+
+
+class ControlListener:
+    """This process's subscription to the control groups of the runs it executes."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.layer = get_channel_layer(alias)
+        self.pid = os.getpid()
+        self.enabled = self.layer is not None and not isinstance(self.layer, InMemoryChannelLayer)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._name: str | None = None
+        self._receiver: asyncio.Task[None] | None = None
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=loop.run_forever, name="agent-channels-control", daemon=True
+                ).start()
+                self._loop = loop
+            return self._loop
+
+    def subscribe(self, channel: str, timeout: float = 10.0) -> None:
+        """Join the channel's control group; returns once the layer has the membership."""
+        if not self.enabled:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._subscribe(channel), self._get_loop())
+        future.result(timeout)
+
+    def unsubscribe(self, channel: str) -> None:
+        if not self.enabled or self._loop is None:
+            return
+        # Fire and forget: a late message for a finished run finds no inbox and is dropped.
+        asyncio.run_coroutine_threadsafe(self._unsubscribe(channel), self._loop)
+
+    async def _subscribe(self, channel: str) -> None:
+        assert self.layer is not None
+        if self._name is None:
+            self._name = await self.layer.new_channel("agent-channels-control.")
+            self._receiver = asyncio.get_running_loop().create_task(self._receive(self._name))
+        await self.layer.group_add(control_group(channel), self._name)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        assert self.layer is not None
+        if self._name is not None:
+            try:
+                await self.layer.group_discard(control_group(channel), self._name)
+            except Exception:
+                logger.exception("agent_channels: leaving the control group failed")
+
+    async def _receive(self, name: str) -> None:
+        assert self.layer is not None
+        while True:
+            try:
+                message = await self.layer.receive(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("agent_channels: control receive failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            if message.get("type") == CONTROL_MESSAGE:
+                deliver_local(message)
+
+
+_listener: ControlListener | None = None
+_listener_lock = threading.Lock()
+
+
+def get_listener() -> ControlListener:
+    """The process's listener (a new one after a fork: loops do not survive it)."""
+    global _listener
+    with _listener_lock:
+        if _listener is None or _listener.pid != os.getpid():
+            _listener = ControlListener(get_config()["CHANNEL_LAYER"])
+        return _listener
+
+
+def after_control(channel: str, seq: int, kind: str, data: Any, frame_id: Any = None) -> None:
+    """The part of a control message that is not for a running agent (sync; touches the DB).
+
+    Delivers to runs in this process, resumes a run waiting for input, and cancels
+    runs that are queued or waiting (they have no process to tell).
+    """
+    deliver_local(
+        {
+            "type": CONTROL_MESSAGE,
+            "channel": channel,
+            "seq": seq,
+            "kind": kind,
+            "data": data,
+            "id": frame_id,
+        }
+    )
+    from agent_channels.runtime import lifecycle
+
+    if kind == "input":
+        lifecycle.resume_waiting(channel)
+    elif kind == "cancel":
+        lifecycle.cancel_idle(channel, data)
+
+
+def dispatch_control(
+    channel: str, kind: str, data: Any, frame_id: Any = None, user_id: Any = None
+) -> int:
+    """Persist a client control message and send it to the channel's agent; returns its seq.
+
+    The HTTP twin of what the WebSocket consumer does with an input/interrupt/cancel frame.
+    """
+    from agent_channels.wire import get_wire
+
+    payload = {"data": data, "id": frame_id, "user": user_id}
+    with transaction.atomic():
+        seq = append(channel, [EventDraft(f"client.{kind}", payload)])[0].seq
+        message = {
+            "type": CONTROL_MESSAGE,
+            "channel": channel,
+            "seq": seq,
+            "kind": kind,
+            "data": data,
+            "id": frame_id,
+        }
+        transaction.on_commit(lambda: get_wire().send(control_group(channel), message))
+    after_control(channel, seq, kind, data, frame_id)
+    return seq

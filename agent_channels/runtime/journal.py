@@ -1,0 +1,105 @@
+"""The step journal: what a run already did, so a restarted run does not do it again.
+
+Every model call, tool call, input wait and emitted event is a step with an index
+that counts up from 0 in the order the agent takes them. Agents are expected to be
+deterministic given the results of their steps, so on a restart step *i* is the same
+step as before: if it completed, its recorded result is returned instead of running
+it again; if it had only started, it runs again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from agent_channels.models import Step, StepStatus
+from agent_channels.runtime.errors import NonDeterministicReplay
+
+__all__ = ["Journal", "StepRecord"]
+
+
+@dataclass
+class StepRecord:
+    """One step as the journal knows it."""
+
+    index: int
+    kind: str
+    name: str
+    completed: bool
+    result: Any
+
+
+class Journal:
+    """The journal of one run, loaded once per attempt."""
+
+    def __init__(self, run_id: Any, attempt: int) -> None:
+        self.run_id = run_id
+        self.attempt = attempt
+        self._steps = {
+            s.index: StepRecord(s.index, s.kind, s.name, s.status == StepStatus.COMPLETED, s.result)
+            for s in Step.objects.filter(run_id=run_id)
+        }
+        self._next = 0
+
+    @property
+    def replaying(self) -> bool:
+        """True while the agent is still re-walking steps that completed before."""
+        record = self._steps.get(self._next)
+        return record is not None and record.completed
+
+    def next(self, kind: str, name: str = "") -> StepRecord:
+        """The next step: the recorded one when there is one, else a fresh record."""
+        index = self._next
+        self._next += 1
+        record = self._steps.get(index)
+        if record is None:
+            return StepRecord(index, kind, name, False, None)
+        if record.kind != kind or record.name != name[:200]:
+            raise NonDeterministicReplay(
+                f"Step {index} was {record.kind} {record.name!r} when the run first executed "
+                f"but is now {kind} {name!r}; an agent must take the same steps when replayed."
+            )
+        return record
+
+    def start(self, record: StepRecord, state: Any = None) -> None:
+        """Note that a step began (``state``: what a resumed step needs, e.g. a cursor)."""
+        Step.objects.update_or_create(
+            run_id=self.run_id,
+            index=record.index,
+            defaults={
+                "kind": record.kind,
+                "name": record.name[:200],
+                "status": StepStatus.STARTED,
+                "result": state,
+                "attempt": self.attempt,
+            },
+        )
+        record.result = state
+        self._steps[record.index] = record
+
+    def complete(
+        self, record: StepRecord, result: Any, also: Callable[[], None] | None = None
+    ) -> None:
+        """Record a step's result; ``also`` runs in the same transaction (usage, say)."""
+        with transaction.atomic():
+            Step.objects.update_or_create(
+                run_id=self.run_id,
+                index=record.index,
+                defaults={
+                    "kind": record.kind,
+                    "name": record.name[:200],
+                    "status": StepStatus.COMPLETED,
+                    "result": result,
+                    "attempt": self.attempt,
+                    "finished_at": timezone.now(),
+                },
+            )
+            if also is not None:
+                also()
+        record.completed = True
+        record.result = result
+        self._steps[record.index] = record

@@ -1,0 +1,260 @@
+"""Run status transitions. Each one is a conditional UPDATE plus its ``run.*`` event,
+committed together, so two processes racing for the same run cannot both win.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from agent_channels.conf import get_config
+from agent_channels.log import EventDraft, append
+from agent_channels.models import Event, Run, RunStatus
+
+__all__ = [
+    "cancel_idle",
+    "claim",
+    "enqueue",
+    "finish",
+    "reap",
+    "resume_waiting",
+    "set_waiting",
+    "start_next",
+    "worker_id",
+]
+
+logger = logging.getLogger(__name__)
+
+TERMINAL_EVENTS = {
+    RunStatus.COMPLETED: "run.completed",
+    RunStatus.FAILED: "run.failed",
+    RunStatus.CANCELLED: "run.cancelled",
+    RunStatus.INTERRUPTED: "run.interrupted",
+}
+
+
+@cache
+def _worker_id(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
+
+
+def worker_id() -> str:
+    """Identifies this process in ``Run.worker`` (new after a fork)."""
+    return _worker_id(os.getpid())
+
+
+def _event(run: Run, channel: str, name: str, data: dict[str, Any]) -> None:
+    append(channel, [EventDraft(name, data, run.pk)])
+
+
+def enqueue(run_id: Any) -> None:
+    """Hand a run to the configured backend once the current transaction commits."""
+    from agent_channels.runtime.backends import get_backend
+
+    transaction.on_commit(lambda: get_backend().enqueue(str(run_id)))
+
+
+def claim(run_id: Any) -> tuple[Run, bool] | None:
+    """Mark the run running in this process; returns ``(run, recovering)`` or None.
+
+    None means there is nothing to do here: the run is finished, another worker holds
+    it and is alive, or another run of its channel is still active (it starts later).
+    ``recovering`` means its previous worker died mid-run.
+    """
+    config = get_config()
+    now = timezone.now()
+    stale = now - timedelta(seconds=config["STALE_AFTER_SECONDS"])
+    with transaction.atomic():
+        run = Run.objects.select_for_update().select_related("channel").filter(pk=run_id).first()
+        if run is None:
+            logger.warning("agent_channels: run %s does not exist; skipped", run_id)
+            return None
+        if run.status == RunStatus.QUEUED:
+            busy = (
+                Run.objects.filter(
+                    channel_id=run.channel_id, status__in=[RunStatus.RUNNING, RunStatus.WAITING]
+                )
+                .exclude(pk=run.pk)
+                .exists()
+            )
+            if busy:
+                return None
+            recovering = False
+        elif run.status == RunStatus.RUNNING and (
+            run.heartbeat_at is None or run.heartbeat_at < stale
+        ):
+            recovering = True
+        else:
+            return None
+        channel = run.channel.name
+        if recovering and run.attempts >= config["MAX_ATTEMPTS"]:
+            _finish_locked(
+                run,
+                channel,
+                RunStatus.FAILED,
+                {"error": f"The run's worker was lost {run.attempts} times; giving up."},
+            )
+            return None
+        if not recovering:
+            # Control sent while an earlier run of the channel was still going was meant
+            # for that run; control sent after this run was queued is for this one, even
+            # if it arrives before the run starts (a stop racing the start is not lost).
+            previous_end = (
+                Event.objects.filter(channel_id=run.channel_id, name__in=TERMINAL_EVENTS.values())
+                .exclude(run_id=run.pk)
+                .order_by("-seq")
+                .values_list("seq", flat=True)
+                .first()
+            )
+            run.control_seq = max(run.control_seq, previous_end or 0)
+        run.status = RunStatus.RUNNING
+        run.attempts += 1
+        run.worker = worker_id()
+        run.heartbeat_at = now
+        run.started_at = run.started_at or now
+        run.save(
+            update_fields=[
+                "status",
+                "attempts",
+                "worker",
+                "heartbeat_at",
+                "started_at",
+                "control_seq",
+            ]
+        )
+        _event(run, channel, "run.started", {"attempt": run.attempts, "recovered": recovering})
+    return run, recovering
+
+
+def _finish_locked(run: Run, channel: str, status: str, data: dict[str, Any]) -> None:
+    run.status = status
+    run.finished_at = timezone.now()
+    if status == RunStatus.FAILED:
+        run.error = str(data.get("error", ""))
+    if status == RunStatus.COMPLETED:
+        run.output = data.get("output")
+    run.save(update_fields=["status", "finished_at", "error", "output"])
+    _event(run, channel, TERMINAL_EVENTS[RunStatus(status)], {**data, "usage": run.usage})
+    channel_id = run.channel_id
+    transaction.on_commit(lambda: start_next(channel_id))
+
+
+def finish(run_id: Any, status: str, data: dict[str, Any], *, only_if_mine: bool = True) -> bool:
+    """End a run with a terminal status and event; False if it was no longer ours."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().select_related("channel").filter(pk=run_id).first()
+        if run is None or not run.is_active:
+            return False
+        if only_if_mine and run.worker != worker_id():
+            return False
+        _finish_locked(run, run.channel.name, status, data)
+    return True
+
+
+def set_waiting(run_id: Any, data: dict[str, Any]) -> bool:
+    with transaction.atomic():
+        run = Run.objects.select_for_update().select_related("channel").filter(pk=run_id).first()
+        if run is None or run.status != RunStatus.RUNNING or run.worker != worker_id():
+            return False
+        run.status = RunStatus.WAITING
+        run.save(update_fields=["status"])
+        _event(run, run.channel.name, "run.waiting", data)
+    return True
+
+
+def take_back(run_id: Any) -> bool:
+    """Waiting → running again in this process (the input arrived before anyone resumed it)."""
+    return bool(
+        Run.objects.filter(pk=run_id, status=RunStatus.WAITING, worker=worker_id()).update(
+            status=RunStatus.RUNNING, heartbeat_at=timezone.now()
+        )
+    )
+
+
+def resume_waiting(channel: str) -> int:
+    """Input arrived: queue the channel's waiting runs again."""
+    resumed = 0
+    for run_id in Run.objects.filter(channel__name=channel, status=RunStatus.WAITING).values_list(
+        "pk", flat=True
+    ):
+        with transaction.atomic():
+            if Run.objects.filter(pk=run_id, status=RunStatus.WAITING).update(
+                status=RunStatus.QUEUED
+            ):
+                append(channel, [EventDraft("run.queued", {"resumed": True}, run_id)])
+                enqueue(run_id)
+                resumed += 1
+    return resumed
+
+
+def cancel_idle(channel: str, data: Any) -> int:
+    """Cancel the channel's queued and waiting runs: no worker holds them to tell."""
+    cancelled = 0
+    for run_id in Run.objects.filter(
+        channel__name=channel, status__in=[RunStatus.QUEUED, RunStatus.WAITING]
+    ).values_list("pk", flat=True):
+        with transaction.atomic():
+            run = (
+                Run.objects.select_for_update()
+                .filter(pk=run_id, status__in=[RunStatus.QUEUED, RunStatus.WAITING])
+                .first()
+            )
+            if run is not None:
+                _finish_locked(run, channel, RunStatus.CANCELLED, {"data": data})
+                cancelled += 1
+    return cancelled
+
+
+def start_next(channel_id: int) -> None:
+    """Enqueue the oldest queued run of a channel when nothing else there is active."""
+    busy = Run.objects.filter(
+        channel_id=channel_id, status__in=[RunStatus.RUNNING, RunStatus.WAITING]
+    ).exists()
+    if busy:
+        return
+    run_id = (
+        Run.objects.filter(channel_id=channel_id, status=RunStatus.QUEUED)
+        .order_by("created_at")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if run_id is not None:
+        from agent_channels.runtime.backends import get_backend
+
+        get_backend().enqueue(str(run_id))
+
+
+def heartbeat(run_ids: list[Any]) -> int:
+    if not run_ids:
+        return 0
+    return Run.objects.filter(pk__in=run_ids, status=RunStatus.RUNNING, worker=worker_id()).update(
+        heartbeat_at=timezone.now()
+    )
+
+
+def reap() -> int:
+    """Restart running runs whose worker stopped sending heartbeats; returns how many."""
+    config = get_config()
+    stale = timezone.now() - timedelta(seconds=config["STALE_AFTER_SECONDS"])
+    run_ids = list(
+        Run.objects.filter(status=RunStatus.RUNNING)
+        .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
+        .values_list("pk", flat=True)[:100]
+    )
+    if run_ids:
+        from agent_channels.runtime.backends import get_backend
+
+        backend = get_backend()
+        for run_id in run_ids:
+            logger.warning("agent_channels: run %s lost its worker; restarting it", run_id)
+            backend.enqueue(str(run_id))
+    return len(run_ids)

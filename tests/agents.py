@@ -1,0 +1,52 @@
+"""Agents for the tests (registered by name in tests/settings.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agent_channels.runtime import Interrupted, RunContext
+
+
+def echo(ctx: RunContext, input: Any) -> Any:
+    ctx.emit("custom.echo", {"input": input})
+    return input
+
+
+def fail(ctx: RunContext, input: Any) -> Any:
+    raise ValueError("the agent gave up")
+
+
+def bad_output(ctx: RunContext, input: Any) -> Any:
+    return {"not json": object()}
+
+
+def chatty(ctx: RunContext, input: Any) -> Any:
+    """One chat call with tools, then another that reuses the answer: two journaled turns."""
+    from demo.agents import calculator
+
+    first = ctx.chat([{"role": "user", "content": input["prompt"]}], tools=[calculator])
+    ctx.emit("custom.between", {"text": first.text})
+    if input.get("pause_ms"):
+        ctx.sleep(input["pause_ms"] / 1000)
+    second = ctx.chat([{"role": "user", "content": "and now?"}])
+    return {"first": first.text, "second": second.text}
+
+
+def listener(ctx: RunContext, input: Any) -> Any:
+    """Waits; every interrupt is reported with the time this process saw it."""
+    seen = 0
+    deadline = time.monotonic() + float((input or {}).get("seconds", 30))
+    while time.monotonic() < deadline:
+        try:
+            ctx.sleep(deadline - time.monotonic())
+        except Interrupted as exc:
+            seen += 1
+            ctx.emit("custom.seen", {"seq": exc.seq, "data": exc.data, "at": time.time()})
+    return {"seen": seen}
+
+
+def steps(ctx: RunContext, input: Any) -> Any:
+    a = ctx.step("a", lambda: {"n": 1})
+    b = ctx.step("b", lambda: {"n": a["n"] + 1})
+    return b

@@ -1,0 +1,199 @@
+"""The runtime with the in-process backend: runs in threads of the test process."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent_channels.models import Event, Run, RunStatus, Step
+from agent_channels.runtime import RunConflict, UnknownAgent, start_run
+from agent_channels.runtime.control import dispatch_control
+from agent_channels.runtime.executor import execute_run
+
+from .conftest import wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("inprocess_runtime")]
+
+
+def events(channel: str, prefix: str = "") -> list[Event]:
+    return list(
+        Event.objects.filter(channel__name=channel, name__startswith=prefix).order_by("seq")
+    )
+
+
+def names(channel: str) -> list[str]:
+    return [e.name for e in events(channel)]
+
+
+def finished(run: Run, timeout: float = 15) -> Run:
+    def done() -> Run | None:
+        run.refresh_from_db()
+        return run if not run.is_active else None
+
+    return wait_for(done, timeout)
+
+
+def status_is(run: Run, status: str, timeout: float = 15) -> Run:
+    def check() -> bool:
+        run.refresh_from_db()
+        return run.status == status
+
+    wait_for(check, timeout)
+    return run
+
+
+def test_a_run_goes_through_its_lifecycle_as_events():
+    run = start_run("life", "echo", {"x": 1})
+    assert run.status == RunStatus.QUEUED
+    finished(run)
+    assert run.status == RunStatus.COMPLETED and run.output == {"x": 1}
+    assert names("life") == ["run.queued", "run.started", "custom.echo", "run.completed"]
+    completed = events("life", "run.completed")[0]
+    assert completed.data["output"] == {"x": 1} and completed.run_id == run.pk
+
+
+def test_unknown_agent_is_refused_before_anything_is_stored():
+    with pytest.raises(UnknownAgent, match="nope"):
+        start_run("unknown", "nope")
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("agent", "message"),
+    [("fail", "ValueError: the agent gave up"), ("bad_output", "not JSON")],
+)
+def test_a_failing_agent_ends_with_a_readable_error(agent, message):
+    run = finished(start_run(f"fails-{agent}", agent))
+    assert run.status == RunStatus.FAILED and message in run.error
+    assert message in events(f"fails-{agent}", "run.failed")[0].data["error"]
+
+
+def test_chat_streams_deltas_runs_tools_and_records_usage(llm):
+    run = finished(start_run("chat", "chatty", {"prompt": "please calculate 6*7"}))
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output == {"first": "The result is 42.", "second": "Hello from the test model."}
+    assert llm.count == 3  # tool call, answer after the tool, second question
+    tool = events("chat", "tool.completed")[0].data
+    assert tool["name"] == "calculator" and tool["result"] == 42 and tool["ok"]
+    completed = [e.data["text"] for e in events("chat", "message.completed")]
+    assert completed == ["The result is 42.", "Hello from the test model."]
+    for event in events("chat", "message.completed"):
+        deltas = [e.data["text"] for e in events("chat", "message.delta")
+                  if e.data["message_id"] == event.data["message_id"]]
+        assert "".join(deltas) == event.data["text"]
+    assert run.prompt_tokens > 0 and run.completion_tokens == 1 + 1 + 5
+    assert run.model == "test-model"
+    assert Step.objects.filter(run=run).count() == 5  # 3 model calls, 1 tool, 1 emit
+
+
+def test_a_restarted_run_replays_completed_steps_without_calling_the_model(llm):
+    run = finished(start_run("replay", "chatty", {"prompt": "calculate 2+2"}))
+    assert llm.count == 3
+    # As if its worker had died just before finishing.
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, heartbeat_at=None, output=None)
+    assert execute_run(str(run.pk)) == "completed"
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED and run.attempts == 2
+    assert llm.count == 3, "completed model calls must come from the journal"
+    assert run.completion_tokens == 1 + 1 + 5, "usage is not counted twice"
+    assert len(events("replay", "tool.completed")) == 1
+    assert events("replay", "run.started")[-1].data == {"attempt": 2, "recovered": True}
+
+
+def test_interrupt_closes_the_model_stream_and_the_agent_continues(llm):
+    llm.reply_tokens, llm.delay = 400, 0.01
+    run = start_run("intr", "chat", {"prompt": "tell me a long story"})
+    wait_for(lambda: events("intr", "message.delta"))
+    dispatch_control("intr", "interrupt", {"text": "shorter please"})
+    llm_done = wait_for(lambda: llm.disconnects, 10)
+    assert llm_done[0] < 400, "the stream was closed before the model finished"
+    llm.reply_tokens, llm.delay = None, 0.0
+    finished(run)
+    assert run.status == RunStatus.COMPLETED, run.error
+    aborted = events("intr", "message.aborted")[0].data
+    assert aborted["reason"] == "interrupted" and aborted["text"].startswith("w0")
+    assert llm.requests[-1]["messages"][-1] == {"role": "user", "content": "shorter please"}
+    assert llm.requests[-1]["messages"][-2]["content"] == aborted["text"]
+
+
+def test_cancel_ends_a_streaming_run():
+    run = start_run("cancel", "demo", {"tokens": 10_000, "interval_ms": 5})
+    wait_for(lambda: events("cancel", "message.delta"))
+    dispatch_control("cancel", "cancel", None)
+    finished(run, 5)
+    assert run.status == RunStatus.CANCELLED
+    assert names("cancel")[-2:] == ["message.aborted", "run.cancelled"]
+
+
+def test_an_uncaught_interrupt_ends_the_run_as_interrupted():
+    run = start_run("demo-intr", "demo", {"tokens": 10_000, "interval_ms": 5})
+    wait_for(lambda: events("demo-intr", "message.delta"))
+    dispatch_control("demo-intr", "interrupt", {"why": "enough"})
+    finished(run, 5)
+    assert run.status == RunStatus.INTERRUPTED
+    assert events("demo-intr", "run.interrupted")[0].data["data"] == {"why": "enough"}
+
+
+def test_request_input_suspends_and_resumes_with_the_answer():
+    run = start_run("ask", "approval", {"action": "ship it"})
+    status_is(run, RunStatus.WAITING)
+    assert events("ask", "input.requested")[0].data["prompt"] == "May I ship it? (yes/no)"
+    dispatch_control("ask", "input", {"text": "yes"})
+    finished(run)
+    assert run.status == RunStatus.COMPLETED and run.output["approved"] is True
+    assert run.attempts == 2  # the worker let go while waiting
+    assert events("ask", "input.received")[0].data["value"] == {"text": "yes"}
+    texts = [e.data["text"] for e in events("ask", "message.completed")]
+    assert texts == ["I am about to ship it.", "Done: ship it."]
+
+
+def test_cancel_while_waiting_for_input_ends_the_run():
+    run = start_run("ask-cancel", "approval")
+    status_is(run, RunStatus.WAITING)
+    dispatch_control("ask-cancel", "cancel", None)
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED
+    assert names("ask-cancel")[-1] == "run.cancelled"
+
+
+def test_double_texting_reject():
+    first = start_run("dt-reject", "demo", {"tokens": 1000, "interval_ms": 5})
+    with pytest.raises(RunConflict):
+        start_run("dt-reject", "echo", on_active="reject")
+    dispatch_control("dt-reject", "cancel", None)
+    finished(first)
+
+
+def test_double_texting_enqueue_runs_one_after_the_other():
+    first = start_run("dt-enq", "demo", {"tokens": 20, "interval_ms": 5})
+    second = start_run("dt-enq", "echo", {"n": 2}, on_active="enqueue")
+    finished(second)
+    first.refresh_from_db()
+    assert first.status == second.status == RunStatus.COMPLETED
+    assert first.finished_at <= second.started_at
+
+
+def test_double_texting_interrupt_stops_the_active_run_then_starts():
+    first = start_run("dt-int", "demo", {"tokens": 10_000, "interval_ms": 5})
+    status_is(first, RunStatus.RUNNING)
+    second = start_run("dt-int", "echo", {"n": 2}, on_active="interrupt")
+    finished(second)
+    first.refresh_from_db()
+    assert first.status == RunStatus.INTERRUPTED
+    assert events("dt-int", "run.interrupted")[0].data["by"] == str(second.pk)
+    assert second.status == RunStatus.COMPLETED
+
+
+def test_time_limit_fails_the_run():
+    run = finished(start_run("slow", "listener", {"seconds": 30}, time_limit=1), 10)
+    assert run.status == RunStatus.FAILED and "time limit" in run.error
+    assert events("slow", "run.failed")[0].data["code"] == "time_limit"
+
+
+def test_the_reaper_restarts_a_run_whose_worker_died(settings):
+    from agent_channels.runtime import lifecycle
+
+    run = finished(start_run("reap", "steps"))
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, heartbeat_at=None)
+    assert lifecycle.reap() == 1
+    finished(run)
+    assert run.status == RunStatus.COMPLETED and run.output == {"n": 2} and run.attempts == 2
