@@ -28,6 +28,10 @@ class AccessPolicy:
         """May ``user`` send input, interrupt and cancel frames to ``channel``?"""
         return False
 
+    def can_create(self, user: Any, channel: str) -> bool:
+        """May ``user`` start a run on ``channel``, which does not exist yet (and own it)?"""
+        return False
+
 
 class OwnerAccessPolicy(AccessPolicy):
     """The default: staff may do everything, users their own channels, anonymous nothing."""
@@ -46,6 +50,13 @@ class OwnerAccessPolicy(AccessPolicy):
 
     def can_send(self, user: Any, channel: str) -> bool:
         return self._allowed(user, channel)
+
+    def can_create(self, user: Any, channel: str) -> bool:
+        return bool(
+            user is not None
+            and getattr(user, "is_authenticated", False)
+            and getattr(user, "is_active", True)
+        )
 
 
 @cache

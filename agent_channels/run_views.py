@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from agent_channels.access import get_access_policy
 from agent_channels.conf import get_config
 from agent_channels.frames import FrameError, parse_client_frame
-from agent_channels.models import Run
+from agent_channels.models import Channel, Run
 from agent_channels.names import InvalidChannelName, validate_name
 from agent_channels.runtime.api import POLICIES, start_run
 from agent_channels.runtime.control import dispatch_control
@@ -58,8 +58,15 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
     return body
 
 
-def _check_send(request: HttpRequest, channel: str) -> JsonResponse | None:
-    if get_access_policy().can_send(request.user, channel):
+def _check_send(request: HttpRequest, channel: str, create: bool = False) -> JsonResponse | None:
+    policy = get_access_policy()
+    if policy.can_send(request.user, channel):
+        return None
+    if (
+        create
+        and not Channel.objects.filter(name=channel).exists()
+        and policy.can_create(request.user, channel)
+    ):
         return None
     if not request.user.is_authenticated:
         return error(401, "unauthenticated", "Log in to send to this channel.")
@@ -73,7 +80,7 @@ def create_run(request: HttpRequest, channel: str) -> JsonResponse:
         name = validate_name(channel)
     except InvalidChannelName as exc:
         return error(400, "invalid_channel", str(exc))
-    denied = _check_send(request, name)
+    denied = _check_send(request, name, create=True)
     if denied is not None:
         return denied
     try:

@@ -1,0 +1,110 @@
+"""The HTTP run API, through Django's test client with CSRF checks on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import Client
+
+from agent_channels.models import Event, Run, RunStatus
+
+from .conftest import wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("inprocess_runtime")]
+
+TOKEN = "a" * 32
+
+
+@pytest.fixture
+def client(django_user_model):
+    user = django_user_model.objects.create_user("alice", password="pw")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    client.cookies["csrftoken"] = TOKEN
+    client.user = user
+    return client
+
+
+def post(client, path, body, csrf=True):
+    headers = {"X-CSRFToken": TOKEN} if csrf else {}
+    data = body if isinstance(body, str) else json.dumps(body)
+    return client.post(path, data, content_type="application/json", headers=headers)
+
+
+def test_start_a_run_and_read_its_status(client):
+    response = post(client, "/agent-channels/team/a b:c/runs/", {"agent": "echo", "input": [1]})
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["status"] == "queued"
+    url = f"/agent-channels/team/a b:c/runs/{body['id']}/"
+    wait_for(lambda: client.get(url).json()["status"] == "completed")
+    detail = client.get(url).json()
+    assert detail["output"] == [1] and detail["usage"]["total_tokens"] == 0
+    assert Run.objects.get().channel.owner == client.user
+
+
+def test_csrf_protection_stays_on(client):
+    response = post(client, "/agent-channels/c/runs/", {"agent": "echo"}, csrf=False)
+    assert response.status_code == 403
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ("not json", 400, "invalid_json"),
+        ([1, 2], 400, "invalid_body"),
+        ({"input": 1}, 400, "invalid_body"),
+        ({"agent": "nope"}, 400, "unknown_agent"),
+        ({"agent": "echo", "on_active": "sometimes"}, 400, "invalid_body"),
+    ],
+)
+def test_bad_run_requests_get_json_errors(client, body, status, code):
+    response = post(client, "/agent-channels/c/runs/", body)
+    assert response.status_code == status
+    assert response.json()["type"] == "error" and response.json()["code"] == code
+
+
+def test_anonymous_and_other_users_are_refused(client, django_user_model):
+    post(client, "/agent-channels/mine/runs/", {"agent": "echo"})
+    anonymous = Client()
+    assert anonymous.post("/agent-channels/mine/runs/", "{}", content_type="application/json").status_code in (401, 403)
+    other = Client(enforce_csrf_checks=True)
+    other.force_login(django_user_model.objects.create_user("bob"))
+    other.cookies["csrftoken"] = TOKEN
+    response = post(other, "/agent-channels/mine/runs/", {"agent": "echo"})
+    assert response.status_code == 403 and response.json()["code"] == "forbidden"
+    run = Run.objects.get()
+    assert other.get(f"/agent-channels/mine/runs/{run.pk}/").status_code == 403
+    assert client.get("/agent-channels/mine/runs/not-a-uuid/").status_code == 404
+
+
+def test_a_second_run_is_rejected_with_409_by_default(client):
+    assert post(client, "/agent-channels/busy/runs/", {"agent": "demo", "input": {"tokens": 1000, "interval_ms": 5}}).status_code == 201
+    response = post(client, "/agent-channels/busy/runs/", {"agent": "echo"})
+    assert response.status_code == 409 and response.json()["code"] == "run_active"
+    assert post(client, "/agent-channels/busy/messages/", {"type": "cancel"}).status_code == 202
+    wait_for(lambda: not Run.objects.active().exists())
+
+
+def test_messages_answer_and_cancel_a_run(client):
+    run_id = post(client, "/agent-channels/ask/runs/", {"agent": "approval"}).json()["id"]
+    wait_for(lambda: Run.objects.get(pk=run_id).status == RunStatus.WAITING)
+    response = post(client, "/agent-channels/ask/messages/", {"type": "input", "data": "yes", "id": "m1"})
+    assert response.status_code == 202 and response.json()["id"] == "m1"
+    event = Event.objects.get(seq=response.json()["seq"], channel__name="ask")
+    assert event.name == "client.input" and event.data["data"] == "yes"
+    wait_for(lambda: Run.objects.get(pk=run_id).status == RunStatus.COMPLETED)
+    assert Run.objects.get(pk=run_id).output["approved"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [({"type": "shout"}, "unknown_type"), ({"type": "input"}, "invalid_frame"), ("[", "invalid_json"),
+     ({"type": "ping"}, "unknown_type")],
+)
+def test_bad_messages_get_json_errors(client, body, code):
+    post(client, "/agent-channels/m/runs/", {"agent": "echo"})
+    response = post(client, "/agent-channels/m/messages/", body)
+    assert response.status_code == 400 and response.json()["code"] == code
