@@ -30,6 +30,7 @@ class LLMServer:
         self.delay = 0.0
         self.reply_tokens: int | None = None
         self.lock = threading.Lock()
+        self.generation = 0  # bumped by reset(): streams of an earlier test stop quietly
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,6 +60,7 @@ class LLMServer:
 
     def reset(self) -> None:
         with self.lock:
+            self.generation += 1
             self.requests.clear()
             self.disconnects.clear()
             self.completed = 0
@@ -123,10 +125,16 @@ class LLMServer:
         handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
         sent = 0
+        generation = self.generation
         try:
             for event in [*(f"data: {json.dumps(e)}\n\n" for e in events), "data: [DONE]\n\n"]:
                 if self.delay and sent:
-                    time.sleep(self.delay)
+                    until = time.monotonic() + self.delay
+                    while time.monotonic() < until:
+                        if self.generation != generation:
+                            handler.close_connection = True
+                            return
+                        time.sleep(min(0.01, self.delay))
                 data = event.encode()
                 handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 handler.wfile.flush()

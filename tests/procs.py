@@ -80,3 +80,48 @@ class Daphne:
                 self.proc.wait(5)
         if not self.log.closed:
             self.log.close()
+
+
+class CeleryWorker:
+    """A real Celery worker process (solo pool) executing runs from ``queue``."""
+
+    def __init__(self, queue: str, **env: str) -> None:
+        self.queue = queue
+        self.log_path = ROOT / f".celery-{queue}-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "--pool=solo",
+             "--concurrency=1", "-Q", queue, "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-l", "info", "-n", f"{queue}-{time.monotonic_ns()}@%h"],
+            env=child_env(AGCH_RUN_BACKEND="celery", AGCH_CELERY_QUEUE=queue, **env),
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"celery exited with {self.proc.returncode}:\n{self.output()}")
+            if "ready." in self.output():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"celery was not ready within {timeout} s:\n{self.output()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no acknowledgement, like a machine that lost power."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()

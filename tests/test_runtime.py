@@ -197,3 +197,17 @@ def test_the_reaper_restarts_a_run_whose_worker_died(settings):
     assert lifecycle.reap() == 1
     finished(run)
     assert run.status == RunStatus.COMPLETED and run.output == {"n": 2} and run.attempts == 2
+
+
+def test_cancel_cuts_a_stalled_model_stream_at_once(llm):
+    import time
+
+    llm.reply_tokens, llm.delay = 5, 20.0  # the model goes quiet after its first chunk
+    run = start_run("stall", "chat", {"prompt": "hello"})
+    wait_for(lambda: llm.count == 1)
+    time.sleep(0.2)
+    started = time.monotonic()
+    dispatch_control("stall", "cancel", None)
+    finished(run, 5)
+    assert time.monotonic() - started < 1.0
+    assert run.status == RunStatus.CANCELLED

@@ -268,11 +268,33 @@ class RunContext:
             return dict(record.result)
         self.check_control()
         self.journal.start(record)
-        stream = MessageStream(
-            self.channel,
-            run=self.run_id,
-            message_id=f"{self.run_id}-{record.index}-a{self.attempt}",
-        )
+        # Opened on the first text: a reply that only asks for tools is not a message.
+        streams: list[MessageStream] = []
+
+        def open_stream() -> MessageStream:
+            if not streams:
+                streams.append(
+                    MessageStream(
+                        self.channel,
+                        run=self.run_id,
+                        message_id=f"{self.run_id}-{record.index}-a{self.attempt}",
+                    )
+                )
+            return streams[0]
+
+        def on_text(delta: str) -> None:
+            open_stream().write(delta)
+
+        def close(reason: str | None) -> None:
+            if reason is None:
+                open_stream()  # an empty answer is still a (completed, empty) message
+            if not streams or streams[0].closed:
+                return
+            if reason is None:
+                streams[0].complete()
+            else:
+                streams[0].abort(reason)
+
         handle = llm.AbortHandle()
         self._abort_handles.append(handle)
 
@@ -289,7 +311,7 @@ class RunContext:
                 model=model,
                 tools=specs,
                 params=params,
-                on_text=stream.write,
+                on_text=on_text,
                 handle=handle,
             )
         except llm.StreamAborted as aborted:
@@ -297,7 +319,7 @@ class RunContext:
             reason = "interrupted" if self.inbox.interrupts else "cancelled"
             if self.timed_out:
                 reason = "time_limit"
-            stream.abort(reason)
+            close(reason)
             if reason != "interrupted":
                 self.check_control()  # raises Cancelled / Superseded / TimeLimitExceeded
                 raise Cancelled() from None
@@ -308,16 +330,13 @@ class RunContext:
             self.journal.complete(record, data, also=lambda: self._add_usage(model, partial))
             return data
         except BaseException:
-            if not stream.closed:
-                stream.abort("error")
+            close("error")
             raise
         finally:
             remove()
             self._abort_handles.remove(handle)
         if result.content or not result.tool_calls:
-            stream.complete()
-        else:
-            stream.abort("tool_calls")  # nothing was written; closes the registration
+            close(None)
         data = result.to_json()
         self.journal.complete(record, data, also=lambda: self._add_usage(model, result))
         return data

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,7 +73,14 @@ def get_client() -> Any:
 
 
 class AbortHandle:
-    """Lets another thread close the HTTP stream so no more tokens are generated or paid for."""
+    """Lets another thread cut the HTTP stream so no more tokens are generated or paid for.
+
+    The other thread (the control listener's event loop, say) must not call the SDK's
+    ``close()``: closing a response while its reader is inside ``recv()`` can wait on
+    the reader's locks until the read times out. Shutting the socket down is safe from
+    any thread and makes the blocked ``recv()`` return at once; the reader then closes
+    the response itself.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -80,18 +88,34 @@ class AbortHandle:
         self.aborted = False
 
     def attach(self, stream: Any) -> None:
+        """From the reader thread, once the response headers arrived."""
         with self._lock:
             self._stream = stream
             aborted = self.aborted
         if aborted:
-            stream.close()
+            self._shutdown(stream)
 
     def abort(self) -> None:
+        """From any thread."""
         with self._lock:
             self.aborted = True
             stream = self._stream
         if stream is not None:
-            # The reader sees the closed stream whether or not close() complains.
+            self._shutdown(stream)
+
+    @staticmethod
+    def _shutdown(stream: Any) -> None:
+        with contextlib.suppress(Exception):
+            network = stream.response.extensions["network_stream"]
+            sock = network.get_extra_info("socket")
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """From the reader thread: release the response (and its pool connection)."""
+        with self._lock:
+            stream = self._stream
+        if stream is not None:
             with contextlib.suppress(Exception):
                 stream.close()
 
@@ -159,7 +183,7 @@ def stream_chat(
         result.content = "".join(text)
     if handle.aborted:
         result.aborted = True
-        handle.abort()  # make sure the response is closed when the loop broke out itself
+        handle.close()
         raise StreamAborted(result)
     result.tool_calls = [calls[i] for i in sorted(calls)]
     return result
