@@ -62,7 +62,16 @@ class ChannelAdmin(ReadOnlyAdmin):
 
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin):
-    list_display = ["id", "agent", "channel", "status", "created_at", "finished_at"]
+    list_display = [
+        "id",
+        "agent",
+        "channel",
+        "status",
+        "total_tokens",
+        "estimated_cost",
+        "created_at",
+        "finished_at",
+    ]
     list_filter = ["status", "agent"]
     search_fields = ["id", "channel__name", "agent"]
     readonly_fields = [
@@ -77,7 +86,25 @@ class RunAdmin(ReadOnlyAdmin):
         "created_at",
         "started_at",
         "finished_at",
+        "model",
+        "prompt_tokens",
+        "completion_tokens",
+        "estimated_cost",
+        "attempts",
+        "worker",
+        "heartbeat_at",
     ]
+
+    @admin.display(description="Tokens")
+    def total_tokens(self, obj: Run) -> int:
+        return obj.prompt_tokens + obj.completion_tokens
+
+    @admin.display(description="Est. cost (USD)")
+    def estimated_cost(self, obj: Run) -> str:
+        from agent_channels.runtime.pricing import estimated_cost
+
+        cost = estimated_cost(obj)
+        return "–" if cost is None else f"{cost:.4f}"
 
 
 @admin.register(Event)

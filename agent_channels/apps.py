@@ -8,3 +8,4 @@ class AgentChannelsConfig(AppConfig):
 
     def ready(self) -> None:
         from agent_channels import checks  # noqa: F401  (registers the system checks)
+        from agent_channels.runtime import checks as runtime_checks  # noqa: F401

@@ -50,3 +50,21 @@ def steps(ctx: RunContext, input: Any) -> Any:
     a = ctx.step("a", lambda: {"n": 1})
     b = ctx.step("b", lambda: {"n": a["n"] + 1})
     return b
+
+
+def poller(ctx: RunContext, input: Any) -> Any:
+    """The baseline the runtime replaces: poll the log for interrupts every ``interval_ms``."""
+    from agent_channels.models import Event
+
+    interval = float((input or {}).get("interval_ms", 100)) / 1000
+    deadline = time.monotonic() + float((input or {}).get("seconds", 30))
+    last = Event.objects.filter(channel__name=ctx.channel).order_by("-seq").values_list("seq", flat=True).first() or 0
+    seen = 0
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        for event in Event.objects.filter(channel__name=ctx.channel, seq__gt=last, name="client.interrupt").order_by("seq"):
+            last = event.seq
+            seen += 1
+            ctx.emit("custom.seen", {"seq": event.seq, "at": time.time()})
+        last = max(last, Event.objects.filter(channel__name=ctx.channel).order_by("-seq").values_list("seq", flat=True).first() or 0)
+    return {"seen": seen}

@@ -58,7 +58,11 @@ def _release_background_connections(django_db_setup, django_db_blocker):
     """Background threads hold DB connections; the test database cannot be dropped under them."""
     yield
     from agent_channels.publishing import release_connections
+    from agent_channels.runtime.backends import reset_backend
+    from agent_channels.runtime.monitor import stop_monitor
 
+    reset_backend()
+    stop_monitor()
     release_connections()
 
 

@@ -93,6 +93,7 @@ AGENT_CHANNELS = {
         "chatty": "tests.agents.chatty",
         "listener": "tests.agents.listener",
         "steps": "tests.agents.steps",
+        "poller": "tests.agents.poller",
     },
     # Integration tests run Celery workers with AGCH_RUN_BACKEND=celery; unit tests run
     # in-process.

@@ -56,8 +56,9 @@ def workers(queue):
 
 
 @pytest.fixture
-def daphne():
-    server = Daphne()
+def daphne(queue):
+    # The web process sends runs it resumes (input) to the same Celery queue.
+    server = Daphne(AGCH_RUN_BACKEND="celery", AGCH_CELERY_QUEUE=queue)
     yield server
     server.stop()
 

@@ -211,3 +211,28 @@ def test_cancel_cuts_a_stalled_model_stream_at_once(llm):
     finished(run, 5)
     assert time.monotonic() - started < 1.0
     assert run.status == RunStatus.CANCELLED
+
+
+def test_runtime_settings_are_checked(settings):
+    from django.core.checks import Error
+
+    from agent_channels.runtime.checks import check_runtime_settings
+
+    assert check_runtime_settings() == []
+    settings.AGENT_CHANNELS = {
+        "AGENTS": {"x": "tests.agents.nothing_here"},
+        "RUN_BACKEND": "agent_channels.models.Run",
+        "DOUBLE_TEXTING": "sometimes",
+    }
+    ids = [e.id for e in check_runtime_settings()]
+    assert ids == ["agent_channels.E101", "agent_channels.E102", "agent_channels.E103"]
+    assert all(isinstance(e, Error) and e.hint for e in check_runtime_settings())
+
+
+def test_estimated_cost_uses_model_prices(settings):
+    from agent_channels.runtime.pricing import estimated_cost
+
+    run = Run(model="m", prompt_tokens=1_000_000, completion_tokens=500_000)
+    assert estimated_cost(run) is None
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "MODEL_PRICES": {"m": [0.5, 2.0]}}
+    assert estimated_cost(run) == 1.5

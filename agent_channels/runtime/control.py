@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
 from django.db import transaction
 
 from agent_channels.conf import get_config
@@ -180,7 +180,15 @@ class ControlListener:
 
     def __init__(self, alias: str) -> None:
         self.alias = alias
-        self.layer = get_channel_layer(alias)
+        shared = get_channel_layer(alias)
+        # An instance of our own: channels-redis lets only one event loop receive() per
+        # layer instance, and in a web process the server's consumers receive on the
+        # shared one.
+        self.layer = (
+            None
+            if shared is None or isinstance(shared, InMemoryChannelLayer)
+            else channel_layers.make_backend(alias)
+        )
         self.pid = os.getpid()
         self.enabled = self.layer is not None and not isinstance(self.layer, InMemoryChannelLayer)
         self._lock = threading.Lock()
@@ -233,9 +241,12 @@ class ControlListener:
                 message = await self.layer.receive(name)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("agent_channels: control receive failed; retrying")
-                await asyncio.sleep(0.5)
+            except Exception as exc:
+                # A read timeout on an idle socket (redis-py's socket_timeout, check E004)
+                # loses nothing: the message waits in the layer for the next receive.
+                if "Timeout" not in type(exc).__name__:
+                    logger.exception("agent_channels: control receive failed; retrying")
+                    await asyncio.sleep(0.5)
                 continue
             if message.get("type") == CONTROL_MESSAGE:
                 deliver_local(message)

@@ -13,7 +13,7 @@ from django.db import close_old_connections
 from agent_channels.conf import get_config
 from agent_channels.runtime import lifecycle
 
-__all__ = ["Monitor", "get_monitor"]
+__all__ = ["Monitor", "get_monitor", "stop_monitor"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,17 @@ class Monitor:
         self._runs: dict[Any, Watched] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        threading.Thread(target=self._loop, name="agent-channels-monitor", daemon=True).start()
+        self._stopped = False
+        self._thread = threading.Thread(
+            target=self._loop, name="agent-channels-monitor", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread (and its database connection): shutdown and tests."""
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout)
 
     def watch(self, item: Watched) -> None:
         with self._lock:
@@ -43,9 +53,11 @@ class Monitor:
 
     def _loop(self) -> None:
         last_reap = 0.0
-        while True:
+        while not self._stopped:
             config = get_config()
             self._wake.wait(float(config["HEARTBEAT_SECONDS"]))
+            if self._stopped:
+                break
             try:
                 close_old_connections()
                 with self._lock:
@@ -75,3 +87,11 @@ def get_monitor() -> Monitor:
         if _monitor is None or _monitor.pid != os.getpid():
             _monitor = Monitor()
         return _monitor
+
+
+def stop_monitor() -> None:
+    global _monitor
+    with _monitor_lock:
+        monitor, _monitor = _monitor, None
+    if monitor is not None and monitor.pid == os.getpid():
+        monitor.stop()
