@@ -27,7 +27,9 @@ import uuid
 from _common import banner, configure_env, fmt, median, pct, scratch_database, table
 
 
-async def measure_run(daphne, cookie: str, channel: str, count: int, gap: float) -> list[float]:
+async def measure_run(
+    daphne, cookie: str, channel: str, count: int, gap: float, acks: list[float]
+) -> list[float]:
     import websockets
 
     latencies: list[float] = []
@@ -51,6 +53,7 @@ async def measure_run(daphne, cookie: str, channel: str, count: int, gap: float)
                     frame = json.loads(await ws.recv())
                     if frame["type"] == "ack":
                         sent[frame["seq"]] = pending.pop(frame["id"])
+                        acks.append((time.time() - sent[frame["seq"]]) * 1000)
                     elif frame.get("event") == "custom.seen" and frame["data"]["seq"] in sent:
                         latencies.append((frame["data"]["at"] - sent[frame["data"]["seq"]]) * 1000)
                         break
@@ -106,7 +109,12 @@ def main() -> None:
             for label, agent in (("runtime (layer listener)", "listener"), ("DB polling 100 ms", "poller")):
                 channel = f"bench-{agent}-{uuid.uuid4().hex[:6]}"
                 run = start_run(channel, agent, {"seconds": 300})
-                results[label] = asyncio.run(measure_run(daphne, cookie, channel, args.count, args.gap))
+                acks: list[float] = []
+                results[label] = asyncio.run(
+                    measure_run(daphne, cookie, channel, args.count, args.gap, acks)
+                )
+                if agent == "listener":
+                    results["client send → ack (persisted + handed to the layer)"] = acks
                 from agent_channels.runtime.control import dispatch_control
 
                 dispatch_control(channel, "cancel", None)
