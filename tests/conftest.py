@@ -113,7 +113,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
 def inprocess_runtime() -> Iterator[None]:
     """The in-process backend, drained after the test so no run outlives its database."""
     from agent_channels.runtime.backends import reset_backend
+    from agent_channels.runtime.monitor import stop_monitor
 
     reset_backend()
     yield
     reset_backend()
+    # Its heartbeats and reaper would query a database the next test may not allow.
+    stop_monitor()

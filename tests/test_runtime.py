@@ -236,3 +236,19 @@ def test_estimated_cost_uses_model_prices(settings):
     assert estimated_cost(run) is None
     settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "MODEL_PRICES": {"m": [0.5, 2.0]}}
     assert estimated_cost(run) == 1.5
+
+
+def test_the_reaper_enqueues_a_queued_run_whose_task_was_lost(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from agent_channels.runtime import lifecycle
+
+    run = finished(start_run("lost-task", "steps"))
+    Run.objects.filter(pk=run.pk).update(
+        status=RunStatus.QUEUED, created_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert lifecycle.reap() == 1
+    finished(run)
+    assert run.status == RunStatus.COMPLETED

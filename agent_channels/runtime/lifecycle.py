@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from agent_channels.conf import get_config
 from agent_channels.log import EventDraft, append
-from agent_channels.models import Event, Run, RunStatus
+from agent_channels.models import Channel, Event, Run, RunStatus
 
 __all__ = [
     "cancel_idle",
@@ -79,12 +79,13 @@ def claim(run_id: Any) -> tuple[Run, bool] | None:
             logger.warning("agent_channels: run %s does not exist; skipped", run_id)
             return None
         if run.status == RunStatus.QUEUED:
+            # The channel row lock serialises claims of one channel's runs: two workers
+            # cannot both see "nothing running" and start two runs side by side.
+            list(Channel.objects.select_for_update().filter(pk=run.channel_id).values_list("pk"))
+            others = Run.objects.filter(channel_id=run.channel_id).exclude(pk=run.pk)
             busy = (
-                Run.objects.filter(
-                    channel_id=run.channel_id, status__in=[RunStatus.RUNNING, RunStatus.WAITING]
-                )
-                .exclude(pk=run.pk)
-                .exists()
+                others.filter(status__in=[RunStatus.RUNNING, RunStatus.WAITING]).exists()
+                or others.filter(status=RunStatus.QUEUED, created_at__lt=run.created_at).exists()
             )
             if busy:
                 return None
@@ -250,11 +251,22 @@ def reap() -> int:
         .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
         .values_list("pk", flat=True)[:100]
     )
+    # Queued runs whose task message was lost (a broker restart, a failed claim): old, and
+    # nothing ahead of them on their channel. Enqueueing twice is harmless (the claim).
+    busy_channels = Run.objects.filter(status__in=[RunStatus.RUNNING, RunStatus.WAITING]).values(
+        "channel_id"
+    )
+    run_ids += list(
+        Run.objects.filter(status=RunStatus.QUEUED, created_at__lt=stale)
+        .exclude(channel_id__in=busy_channels)
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:100]
+    )
     if run_ids:
         from agent_channels.runtime.backends import get_backend
 
         backend = get_backend()
         for run_id in run_ids:
-            logger.warning("agent_channels: run %s lost its worker; restarting it", run_id)
+            logger.warning("agent_channels: run %s lost its worker or task; enqueueing it", run_id)
             backend.enqueue(str(run_id))
     return len(run_ids)
