@@ -252,3 +252,32 @@ def test_the_reaper_enqueues_a_queued_run_whose_task_was_lost(settings):
     assert lifecycle.reap() == 1
     finished(run)
     assert run.status == RunStatus.COMPLETED
+
+
+def test_the_time_limit_cuts_a_stalled_model_stream(llm):
+    import time
+
+    llm.reply_tokens, llm.delay = 5, 30.0
+    started = time.monotonic()
+    run = finished(start_run("stall-limit", "chat", {"prompt": "hi"}, time_limit=1), 10)
+    assert time.monotonic() - started < 5
+    assert run.status == RunStatus.FAILED and "time limit" in run.error
+    assert events("stall-limit", "run.failed")[0].data["code"] == "time_limit"
+    assert llm.disconnects or llm.completed == 0, "the model stream was cut, not finished"
+
+
+def test_a_failing_tool_is_reported_to_the_model_not_fatal(llm):
+    run = finished(start_run("tool-error", "chatty", {"prompt": "calculate 1/0"}))
+    assert run.status == RunStatus.COMPLETED, run.error
+    tool = events("tool-error", "tool.completed")[0].data
+    assert tool["ok"] is False and "ZeroDivisionError" in tool["result"]["error"]
+    assert "ZeroDivisionError" in run.output["first"]
+
+
+def test_a_replay_that_takes_different_steps_fails_clearly():
+    run = finished(start_run("nondet", "steps"))
+    Step.objects.filter(run=run, index=0).update(kind="model")
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, heartbeat_at=None)
+    assert execute_run(str(run.pk)) == "failed"
+    run.refresh_from_db()
+    assert "NonDeterministicReplay" in run.error and "same steps" in run.error
