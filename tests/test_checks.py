@@ -334,10 +334,13 @@ def test_every_check_id_is_documented():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    code = (root / "agent_channels" / "checks.py").read_text(encoding="utf-8")
+    code = "".join(
+        (root / "agent_channels" / path).read_text(encoding="utf-8")
+        for path in ("checks.py", "runtime/checks.py")
+    )
     docs = (root / "docs" / "checks.rst").read_text(encoding="utf-8")
     check_ids = set(re.findall(r"agent_channels\.[EW]\d{3}", code))
-    assert len(check_ids) == 8
+    assert len(check_ids) == 11
     assert not [i for i in sorted(check_ids) if i not in docs]
 
 
