@@ -171,15 +171,17 @@ class LiveWire:
         loop = self._private_loop
         if loop is not None and not loop.is_closed():
 
-            async def _stop() -> None:
+            async def _cancel_tasks() -> None:
                 tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                loop.stop()
 
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(_stop(), loop).result(timeout)
+                asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop).result(timeout)
+            # Stopped from outside: a loop stopped inside a coroutine never reports its result.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(loop.stop)
         self._private_loop = None
 
 
