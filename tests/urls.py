@@ -1,7 +1,4 @@
-from django.contrib import admin
-from django.urls import include, path
+# The example project's routes: the app's HTTP API, the admin and the demo pages.
+from example_project.urls import urlpatterns
 
-urlpatterns = [
-    path("admin/", admin.site.urls),
-    path("agent-channels/", include("agent_channels.urls")),
-]
+__all__ = ["urlpatterns"]

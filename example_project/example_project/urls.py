@@ -4,6 +4,8 @@ from django.urls import include, path
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("new/", views.new_channel, name="new_channel"),
+    path("c/<path:channel>/", views.channel_page, name="channel"),
     path("admin/", admin.site.urls),
     path("agent-channels/", include("agent_channels.urls")),
 ]
