@@ -1,5 +1,6 @@
 import os
 
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
@@ -11,5 +12,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from agent_channels.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
-    {"http": django_asgi_app, "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns))}
+    {
+        # Static files too: the browser tests load the example pages' script from here.
+        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+    }
 )

@@ -40,7 +40,11 @@
       messageElement(data.message_id).textContent += data.text;
     } else if (frame.event === "message.completed" || frame.event === "message.aborted") {
       const element = messageElement(data.message_id);
-      element.textContent = data.text;
+      // The deltas already add up to the text; if they do not (a bug), show the truth.
+      if (element.textContent !== data.text) {
+        element.textContent = data.text;
+        element.classList.add("repaired");
+      }
       element.classList.toggle("aborted", frame.event === "message.aborted");
     } else {
       line("event", `#${frame.seq} ${frame.event} ${JSON.stringify(data)}`);
