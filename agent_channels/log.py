@@ -22,7 +22,7 @@ from django.utils import timezone
 from agent_channels.models import Channel, Event
 from agent_channels.names import validate_name
 
-__all__ = ["EventDraft", "InvalidEvent", "append", "read"]
+__all__ = ["EventDraft", "InvalidEvent", "append", "check_storable", "read"]
 
 MAX_EVENT_NAME_LENGTH = 100
 
@@ -46,14 +46,14 @@ class EventDraft:
             )
         if not isinstance(self.data, dict):
             raise InvalidEvent(f"Event data must be a dict, not {type(self.data).__name__}.")
-        _check_storable(self.data)
+        check_storable(self.data)
 
 
 # A JSON-escaped NUL that is not itself an escaped backslash followed by "u0000".
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
-def _check_storable(data: dict[str, Any]) -> None:
+def check_storable(data: Any) -> None:
     """Refuse what no backend stores the same way, before anything is written.
 
     NaN and infinities are not JSON; PostgreSQL's jsonb refuses NUL characters and

@@ -58,6 +58,11 @@ def test_csrf_protection_stays_on(client):
         ({"input": 1}, 400, "invalid_body"),
         ({"agent": "nope"}, 400, "unknown_agent"),
         ({"agent": "echo", "on_active": "sometimes"}, 400, "invalid_body"),
+        # JSON that Python parses but no database stores: never a 500.
+        ('{"agent": "echo", "input": NaN}', 400, "invalid_run"),
+        ('{"agent": "echo", "input": {"x": 1e400}}', 400, "invalid_run"),
+        ('{"agent": "echo", "input": "nul\\u0000"}', 400, "invalid_run"),
+        ('{"agent": "echo", "input": "\\ud800"}', 400, "invalid_run"),
     ],
 )
 def test_bad_run_requests_get_json_errors(client, body, status, code):

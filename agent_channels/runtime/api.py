@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from django.db import transaction
 
 from agent_channels.conf import get_config
-from agent_channels.log import EventDraft, append
+from agent_channels.log import EventDraft, InvalidEvent, append, check_storable
 from agent_channels.models import Channel, Run, RunStatus
 from agent_channels.names import control_group, validate_name
 from agent_channels.runtime import lifecycle
@@ -44,9 +43,10 @@ def start_run(
     if policy not in POLICIES:
         raise RunError(f"on_active must be one of {', '.join(POLICIES)}, not {policy!r}.")
     try:
-        json.dumps(input)
-    except (TypeError, ValueError) as exc:
-        raise RunError(f"The run's input must be JSON: {exc}") from None
+        # The same test as event data: the input is stored as JSON and echoed in run.queued.
+        check_storable(input)
+    except InvalidEvent as exc:
+        raise RunError(f"The run's input cannot be stored: {exc}") from None
     if time_limit is not None and (not isinstance(time_limit, int) or time_limit <= 0):
         raise RunError("time_limit must be a positive number of seconds.")
     owner_id = getattr(user, "pk", None)
