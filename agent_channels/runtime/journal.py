@@ -65,19 +65,23 @@ class Journal:
             )
         return record
 
-    def start(self, record: StepRecord, state: Any = None) -> None:
-        """Note that a step began (``state``: what a resumed step needs, e.g. a cursor)."""
+    def _save(self, record: StepRecord, status: str, result: Any, **extra: Any) -> None:
         Step.objects.update_or_create(
             run_id=self.run_id,
             index=record.index,
             defaults={
                 "kind": record.kind,
                 "name": record.name[:200],
-                "status": StepStatus.STARTED,
-                "result": state,
+                "status": status,
+                "result": result,
                 "attempt": self.attempt,
+                **extra,
             },
         )
+
+    def start(self, record: StepRecord, state: Any = None) -> None:
+        """Note that a step began (``state``: what a resumed step needs, e.g. a cursor)."""
+        self._save(record, StepStatus.STARTED, state)
         record.result = state
         self._steps[record.index] = record
 
@@ -86,18 +90,7 @@ class Journal:
     ) -> None:
         """Record a step's result; ``also`` runs in the same transaction (usage, say)."""
         with transaction.atomic():
-            Step.objects.update_or_create(
-                run_id=self.run_id,
-                index=record.index,
-                defaults={
-                    "kind": record.kind,
-                    "name": record.name[:200],
-                    "status": StepStatus.COMPLETED,
-                    "result": result,
-                    "attempt": self.attempt,
-                    "finished_at": timezone.now(),
-                },
-            )
+            self._save(record, StepStatus.COMPLETED, result, finished_at=timezone.now())
             if also is not None:
                 also()
         record.completed = True
