@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Developer entry point: ``python3 dev.py serve`` | ``test`` | ``lint``.
+"""Developer entry point: ``python3 dev.py serve`` | ``test`` | ``lint`` | ``format``.
 
 Creates ``.venv`` with the project and its dev dependencies on first use (and again
 when pyproject.toml changes), then runs the command inside it. Needs only Python 3.11+.
@@ -65,38 +65,71 @@ def serve(argv: list[str]) -> int:
                           check=False).returncode
 
 
-def test(argv: list[str]) -> int:
-    """The whole suite, twice: embedded (SQLite + in-memory layer) and on real servers
-    (PostgreSQL + Redis). Servers that are down skip their pass, or fail it under CI=true."""
-    postgres = os.environ.get("AGCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
-    redis = os.environ.get("AGCH_REDIS_URL", "redis://127.0.0.1:6379/5")
-    pytest = [str(PY), "-m", "pytest", *argv]
-    print("== pass 1/2: SQLite + in-memory channel layer (the embedded default)", flush=True)
-    failed = run(pytest, AGCH_DB="sqlite", AGCH_LAYER="memory")
-    print("== pass 2/2: PostgreSQL + channels-redis", flush=True)
-    down = [name for name, url in (("PostgreSQL", postgres), ("Redis", redis)) if not reachable(url)]
-    if down and os.environ.get("CI") != "true":
-        print(f"SKIPPED: {', '.join(down)} unreachable ({postgres}, {redis}).", flush=True)
-    else:
-        failed |= run(pytest, AGCH_DB="postgres", AGCH_LAYER="redis")
+POSTGRES_URL = os.environ.get("AGCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("AGCH_REDIS_URL", "redis://127.0.0.1:6379/5")
+
+#: The backend pairs the suite runs on: the one place they are defined (tox runs them too).
+PASSES = {
+    "sqlite": ("SQLite + in-memory channel layer (the embedded default)",
+               {"AGCH_DB": "sqlite", "AGCH_LAYER": "memory"}, []),
+    "postgres": ("PostgreSQL + channels-redis",
+                 {"AGCH_DB": "postgres", "AGCH_LAYER": "redis"},
+                 [("PostgreSQL", POSTGRES_URL), ("Redis", REDIS_URL)]),
+}
+
+
+def run_passes(python: str, argv: list[str]) -> int:
+    """Run pytest once per backend pair (AGCH_PASSES=sqlite,postgres picks some). Servers
+    that are down skip their pass, or fail it under CI=true."""
+    chosen = os.environ.get("AGCH_PASSES", ",".join(PASSES)).split(",")
+    failed = 0
+    for number, key in enumerate(chosen, start=1):
+        title, env, servers = PASSES[key]
+        print(f"== pass {number}/{len(chosen)}: {title}", flush=True)
+        down = [name for name, url in servers if not reachable(url)]
+        if down and os.environ.get("CI") != "true":
+            print(f"SKIPPED: {', '.join(down)} unreachable ({POSTGRES_URL}, {REDIS_URL}).",
+                  flush=True)
+            continue
+        failed |= run([python, "-m", "pytest", *argv], **env)
     return 1 if failed else 0
+
+
+def test(argv: list[str]) -> int:
+    """The whole suite, once per backend pair: embedded (SQLite + in-memory layer) and on
+    real servers (PostgreSQL + Redis)."""
+    return run_passes(str(PY), argv)
+
+
+def passes(argv: list[str]) -> int:
+    """The passes of ``test`` with the current interpreter (tox's environments)."""
+    return run_passes(sys.executable, argv)
 
 
 def lint(argv: list[str]) -> int:
     failed = run([str(BIN / "ruff"), "check", "."])
     failed |= run([str(BIN / "ruff"), "format", "--check", "agent_channels"])
     failed |= run([str(BIN / "mypy")])
+    failed |= run([str(BIN / "lint-imports")])
     failed |= run([str(BIN / "sphinx-build"), "-W", "--keep-going", "-q", "-b", "html", "docs",
                    "docs/_build/html"])
     return 1 if failed else 0
 
 
-COMMANDS = {"serve": serve, "test": test, "lint": lint}
+def format_code(argv: list[str]) -> int:
+    """Fix what ruff can fix (imports, style) and format the package."""
+    failed = run([str(BIN / "ruff"), "check", "--fix", "."])
+    return failed | run([str(BIN / "ruff"), "format", "agent_channels"])
+
+
+COMMANDS = {"serve": serve, "test": test, "lint": lint, "format": format_code, "passes": passes}
+NEEDS_VENV = {"serve", "test", "lint", "format"}
 
 if __name__ == "__main__":
     if sys.version_info < (3, 11):
         sys.exit("agent-channels needs Python 3.11 or newer.")
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         sys.exit(f"usage: python3 dev.py {{{'|'.join(COMMANDS)}}} [args]")
-    ensure_venv()
+    if sys.argv[1] in NEEDS_VENV:
+        ensure_venv()
     sys.exit(COMMANDS[sys.argv[1]](sys.argv[2:]))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+__version__ = "0.1.0.dev0"
+
 __all__ = [
     "AccessPolicy",
     "AsyncMessageStream",
@@ -23,21 +25,21 @@ __all__ = [
 
 _EXPORTS = {
     "AccessPolicy": "agent_channels.access",
-    "AsyncMessageStream": "agent_channels.publishing",
-    "InvalidChannelName": "agent_channels.names",
-    "InvalidEvent": "agent_channels.log",
-    "MessageStream": "agent_channels.publishing",
+    "AsyncMessageStream": "agent_channels.channel.publishing",
+    "InvalidChannelName": "agent_channels.channel.names",
+    "InvalidEvent": "agent_channels.channel.log",
+    "MessageStream": "agent_channels.channel.publishing",
     "OwnerAccessPolicy": "agent_channels.access",
-    "apublish": "agent_channels.publishing",
-    "publish": "agent_channels.publishing",
-    "stream_message": "agent_channels.publishing",
+    "apublish": "agent_channels.channel.publishing",
+    "publish": "agent_channels.channel.publishing",
+    "stream_message": "agent_channels.channel.publishing",
 }
 
 if TYPE_CHECKING:
     from agent_channels.access import AccessPolicy, OwnerAccessPolicy
-    from agent_channels.log import InvalidEvent
-    from agent_channels.names import InvalidChannelName
-    from agent_channels.publishing import (
+    from agent_channels.channel.log import InvalidEvent
+    from agent_channels.channel.names import InvalidChannelName
+    from agent_channels.channel.publishing import (
         AsyncMessageStream,
         MessageStream,
         apublish,

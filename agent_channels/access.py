@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from agent_channels.conf import get_config
@@ -69,3 +70,11 @@ def get_access_policy() -> AccessPolicy:
         return AccessPolicy()
     policy: AccessPolicy = policy_class()
     return policy
+
+
+def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "AGENT_CHANNELS":
+        get_access_policy.cache_clear()
+
+
+setting_changed.connect(_reset_on_setting_changed)

@@ -10,6 +10,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from agent_channels.models import Channel, Event, Run
+from agent_channels.runtime.pricing import estimated_cost as run_cost
 
 RECENT_EVENTS = 50
 
@@ -101,9 +102,7 @@ class RunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Est. cost (USD)")
     def estimated_cost(self, obj: Run) -> str:
-        from agent_channels.runtime.pricing import estimated_cost
-
-        cost = estimated_cost(obj)
+        cost = run_cost(obj)
         return "–" if cost is None else f"{cost:.4f}"
 
 

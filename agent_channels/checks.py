@@ -14,6 +14,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections
 from django.utils.module_loading import import_string
 
+from agent_channels.access import AccessPolicy
 from agent_channels.conf import DEFAULTS, get_config
 
 __all__ = [
@@ -51,8 +52,6 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
 def check_access_policy(
     app_configs: Sequence[Any] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    from agent_channels.access import AccessPolicy
-
     path = get_config()["ACCESS_POLICY"]
     if not isinstance(path, str):
         return [

@@ -101,9 +101,6 @@ def get_config() -> dict[str, Any]:
 
 @receiver(setting_changed)
 def _reset_config(*, setting: str, **kwargs: Any) -> None:
-    if setting in ("AGENT_CHANNELS", "ALLOWED_HOSTS", "CHANNEL_LAYERS"):
+    # Whoever caches something derived from settings owns its own receiver (access, wire).
+    if setting == "AGENT_CHANNELS":
         get_config.cache_clear()
-        from agent_channels import access, wire
-
-        access.get_access_policy.cache_clear()
-        wire.reset_wire()

@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
-from agent_channels.names import MAX_NAME_LENGTH
+from agent_channels.channel.names import MAX_NAME_LENGTH
 
 __all__ = ["Channel", "Event", "Run", "RunStatus", "Step", "StepStatus"]
 

@@ -2,7 +2,7 @@
 
 from django.urls import re_path
 
-from agent_channels.consumers import ChannelConsumer
+from agent_channels.ws.consumer import ChannelConsumer
 
 __all__ = ["websocket_urlpatterns"]
 

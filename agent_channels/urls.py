@@ -6,17 +6,17 @@ run routes come before anything that could swallow them.
 
 from django.urls import re_path
 
-from agent_channels import run_views, views
+from agent_channels.views import events, messages, runs
 
 app_name = "agent_channels"
 
 urlpatterns = [
-    re_path(r"^(?P<channel>[\s\S]+)/runs/$", run_views.create_run, name="runs"),
+    re_path(r"^(?P<channel>[\s\S]+)/runs/$", runs.create_run, name="runs"),
     re_path(
         r"^(?P<channel>[\s\S]+)/runs/(?P<run>[0-9a-fA-F-]{32,36})/$",
-        run_views.run_detail,
+        runs.run_detail,
         name="run",
     ),
-    re_path(r"^(?P<channel>[\s\S]+)/messages/$", run_views.post_message, name="messages"),
-    re_path(r"^(?P<channel>[\s\S]+)/events/$", views.events, name="events"),
+    re_path(r"^(?P<channel>[\s\S]+)/messages/$", messages.post_message, name="messages"),
+    re_path(r"^(?P<channel>[\s\S]+)/events/$", events.events, name="events"),
 ]

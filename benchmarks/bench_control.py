@@ -115,9 +115,9 @@ def main() -> None:
                 )
                 if agent == "listener":
                     results["client send → ack (persisted + handed to the layer)"] = acks
-                from agent_channels.runtime.control import dispatch_control
+                from agent_channels.channel.control import send_control
 
-                dispatch_control(channel, "cancel", None)
+                send_control(channel, "cancel", None)
                 run.refresh_from_db()
             results["raw layer hop (group_send→receive)"] = asyncio.run(raw_layer(args.count))
             base = median(results["runtime (layer listener)"])

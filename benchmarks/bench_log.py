@@ -108,7 +108,7 @@ def leg_bulk_create(name: str, n: int, batch: int) -> float:
 
 
 def leg_append(name: str, n: int, batch: int) -> float:
-    from agent_channels.log import EventDraft, append
+    from agent_channels.channel.log import EventDraft, append
 
     t0 = time.perf_counter()
     done = 0
@@ -291,7 +291,7 @@ class AppendRecorder:
 
 def stream_round(channel: str, window_ms: float, segments: int, per_segment: int,
                  rate: float) -> dict[str, Any]:
-    from agent_channels.publishing import MessageStream
+    from agent_channels.channel.publishing import MessageStream
 
     interval = 1.0 / rate
     gap = 2 * window_ms / 1000 + 0.1  # longer than a window: the next token is "after quiet"

@@ -63,7 +63,7 @@ def publisher_main() -> None:
     from channels.layers import get_channel_layer
 
     from agent_channels import publish
-    from agent_channels.wire import get_wire
+    from agent_channels.channel.wire import get_wire
 
     layer = get_channel_layer()
     costs: list[float] = []
@@ -372,7 +372,7 @@ async def bench_live(pub: Publisher, server: Daphne, cookie: str, rounds: int,
 async def bench_catchup(server: Daphne, cookie: str, rounds: int, total: int) -> None:
     from channels.db import database_sync_to_async
 
-    from agent_channels.log import EventDraft, append, read
+    from agent_channels.channel.log import EventDraft, append, read
     from agent_channels.models import Channel
 
     banner(f"Catch-up: since=0 on a channel of {total:,} events, {rounds} interleaved rounds")

@@ -25,7 +25,7 @@ def main() -> None:
         from django.test.utils import CaptureQueriesContext
 
         from agent_channels import publish, publishing
-        from agent_channels.publishing import MessageStream
+        from agent_channels.channel.publishing import MessageStream
 
         publish("probe", "x", {})
         with CaptureQueriesContext(connection) as queries:

@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _release_background_connections(django_db_setup, django_db_blocker):
     """Background threads hold DB connections; the test database cannot be dropped under them."""
     yield
-    from agent_channels.publishing import release_connections
+    from agent_channels.channel.publishing import release_connections
     from agent_channels.runtime.backends import reset_backend
     from agent_channels.runtime.monitor import stop_monitor
 
@@ -68,9 +68,7 @@ def _release_background_connections(django_db_setup, django_db_blocker):
 
 # -- the runtime's fixtures ----------------------------------------------------------------
 
-import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 from .llm_server import LLMServer  # noqa: E402
 
@@ -95,18 +93,6 @@ def llm_server() -> Iterator[LLMServer]:
 def llm(llm_server: LLMServer) -> LLMServer:
     llm_server.reset()
     return llm_server
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
-        time.sleep(interval)
 
 
 @pytest.fixture

@@ -99,9 +99,9 @@ AGENT_CHANNELS = {
     # Integration tests run Celery workers with AGCH_RUN_BACKEND=celery; unit tests run
     # in-process.
     "RUN_BACKEND": (
-        "agent_channels.runtime.backends.CeleryBackend"
+        "agent_channels.runtime.backends.celery.CeleryBackend"
         if os.environ.get("AGCH_RUN_BACKEND") == "celery"
-        else "agent_channels.runtime.backends.InProcessBackend"
+        else "agent_channels.runtime.backends.inprocess.InProcessBackend"
     ),
     "CELERY_APP": "tests.celery_app.app",
     # Short, so that the tests see a dead worker's run restarted within seconds.

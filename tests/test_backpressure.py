@@ -2,7 +2,7 @@
 
 import functools
 
-from agent_channels.backpressure import find_transport, pending_bytes
+from agent_channels.ws.backpressure import find_transport, pending_bytes
 
 
 class Transport:

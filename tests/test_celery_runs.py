@@ -16,7 +16,7 @@ from agent_channels.models import Event, Run, RunStatus
 from agent_channels.runtime import start_run
 from agent_channels.runtime.backends import reset_backend
 
-from .conftest import wait_for
+from .helpers import wait_for
 from .procs import CeleryWorker, Daphne
 
 pytestmark = [
@@ -33,7 +33,7 @@ def queue(settings, llm):
     name = f"agch-{uuid.uuid4().hex[:8]}"
     settings.AGENT_CHANNELS = {
         **settings.AGENT_CHANNELS,
-        "RUN_BACKEND": "agent_channels.runtime.backends.CeleryBackend",
+        "RUN_BACKEND": "agent_channels.runtime.backends.celery.CeleryBackend",
         "CELERY_QUEUE": name,
     }
     reset_backend()

@@ -9,11 +9,11 @@ from channels.layers import get_channel_layer
 from django.contrib.auth.models import AnonymousUser
 
 from agent_channels import publish
-from agent_channels.log import EventDraft, append
+from agent_channels.channel.log import EventDraft, append
+from agent_channels.channel.names import control_group, event_group
+from agent_channels.channel.retention import prune
+from agent_channels.channel.wire import build_events_message
 from agent_channels.models import Channel, Event
-from agent_channels.names import control_group, event_group
-from agent_channels.retention import prune
-from agent_channels.wire import build_events_message
 
 from .wsclient import connect, recv, recv_events
 
@@ -288,7 +288,7 @@ def test_a_broken_policy_setting_denies_instead_of_crashing(settings, staff):
 
 async def test_a_database_failure_on_connect_gets_an_error_frame_not_a_dead_socket(staff,
                                                                                   monkeypatch):
-    from agent_channels.consumers import ChannelConsumer
+    from agent_channels.ws.consumer import ChannelConsumer
 
     async def broken(self):
         raise ConnectionError("database is down")
@@ -301,12 +301,17 @@ async def test_a_database_failure_on_connect_gets_an_error_frame_not_a_dead_sock
 
 async def test_a_layer_failure_handing_over_a_frame_still_acks_the_stored_frame(staff,
                                                                                monkeypatch):
-    from agent_channels.consumers import ChannelConsumer
+    from channels.layers import get_channel_layer
 
-    async def broken(self, frame, seq):
-        raise ConnectionError("redis is down")
+    layer = get_channel_layer()
+    group_send = layer.group_send
 
-    monkeypatch.setattr(ChannelConsumer, "_dispatch_control", broken)
+    async def broken(group, message):
+        if group.startswith("agctl."):  # the control group only: events still go out
+            raise ConnectionError("redis is down")
+        await group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", broken)
     ws = await connect("nolayer", staff)
     await recv(ws)
     await ws.send_to(text_data=json.dumps({"type": "cancel", "id": "c"}))

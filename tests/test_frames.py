@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from agent_channels.frames import (
+from agent_channels.ws.frames import (
     MAX_DEPTH,
     MAX_ID_LENGTH,
     ClientFrame,
@@ -217,11 +217,15 @@ def test_every_error_code_is_documented():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    source = {name: (root / "agent_channels" / name).read_text(encoding="utf-8")
-              for name in ("consumers.py", "frames.py", "views.py")}
-    codes = set(re.findall(r'FrameError\(\s*"([a-z_]+)"', source["frames.py"] + source["consumers.py"]))
-    codes |= set(re.findall(r'close_codes\.[A-Z_]+,\s*"([a-z_]+)"', source["consumers.py"]))
-    codes |= set(re.findall(r'error\(\s*\d{3},\s*"([a-z_]+)"', source["views.py"]))
+    def read(package):
+        return "".join(path.read_text(encoding="utf-8")
+                       for path in sorted((root / "agent_channels" / package).glob("*.py")))
+
+    ws, views = read("ws"), read("views")
+    codes = set(re.findall(r'(?:FrameError|_reply_error)\(\s*"([a-z_]+)"', ws))
+    codes |= set(re.findall(r'close_codes\.[A-Z_]+,\s*"([a-z_]+)"', ws))
+    codes |= set(re.findall(r'error\(\s*\d{3},\s*"([a-z_]+)"', views))
     assert {"origin_not_allowed", "history_pruned", "rate_limited", "invalid_parameter"} <= codes
-    docs = (root / "docs" / "protocol.rst").read_text(encoding="utf-8")
+    docs = "".join((root / "docs" / name).read_text(encoding="utf-8")
+                   for name in ("protocol.rst", "runtime.rst"))
     assert not sorted(code for code in codes if f"``{code}``" not in docs)

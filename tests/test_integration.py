@@ -14,7 +14,7 @@ import websockets
 from channels.db import database_sync_to_async as sync_to_async
 from django.test import Client
 
-from agent_channels.log import EventDraft, append
+from agent_channels.channel.log import EventDraft, append
 
 from .procs import Daphne, child_env
 
@@ -83,9 +83,9 @@ django.setup()
 logging.getLogger("channels_redis").setLevel(logging.INFO)
 logging.getLogger("channels_redis").addHandler(logging.StreamHandler())
 from agent_channels import publish
-from agent_channels.wire import get_wire
+from agent_channels.channel.wire import get_wire
 channel, start, count, interval = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-from agent_channels.log import EventDraft, append
+from agent_channels.channel.log import EventDraft, append
 pad = "x" * int(sys.argv[5])
 if interval < 0:  # bulk: batches of 100
     for b in range(start, start + count, 100):
@@ -196,7 +196,7 @@ async def test_an_idle_socket_outlives_the_layers_blocking_receive(daphnes, cook
 async def test_a_process_that_publishes_and_exits_at_once_still_sends_live():
     from channels.layers import get_channel_layer
 
-    from agent_channels.names import event_group
+    from agent_channels.channel.names import event_group
 
     layer = get_channel_layer()
     inbox = await layer.new_channel()

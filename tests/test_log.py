@@ -4,7 +4,7 @@ import pytest
 from django.db import transaction
 
 from agent_channels import InvalidChannelName, InvalidEvent, publish
-from agent_channels.log import EventDraft, append
+from agent_channels.channel.log import EventDraft, append
 from agent_channels.models import Channel, Event
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -86,7 +86,7 @@ WRITER = """
 import django, sys
 django.setup()
 from agent_channels import publish
-from agent_channels.log import EventDraft, append
+from agent_channels.channel.log import EventDraft, append
 writer = int(sys.argv[1]) if len(sys.argv) > 1 else {writer}
 for i in range({count}):
     if i % 5 == 4:

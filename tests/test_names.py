@@ -1,6 +1,11 @@
 import pytest
 
-from agent_channels.names import InvalidChannelName, control_group, event_group, validate_name
+from agent_channels.channel.names import (
+    InvalidChannelName,
+    control_group,
+    event_group,
+    validate_name,
+)
 
 VALID_GROUP = __import__("re").compile(r"^[A-Za-z0-9._-]{1,99}$")
 

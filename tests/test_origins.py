@@ -3,7 +3,7 @@
 import pytest
 from django.test import override_settings
 
-from agent_channels.origins import origin_allowed
+from agent_channels.ws.origins import origin_allowed
 
 
 def scope(origin=None, *extra):

@@ -8,8 +8,8 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from agent_channels import publish
+from agent_channels.channel.retention import prune
 from agent_channels.models import Channel, Event
-from agent_channels.retention import prune
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -168,7 +168,7 @@ def test_last_seq_never_decreases():
 
 
 def test_prune_deletes_in_batches(monkeypatch):
-    from agent_channels import retention
+    from agent_channels.channel import retention
 
     monkeypatch.setattr(retention, "DELETE_BATCH", 3)
     fill("a", 11)

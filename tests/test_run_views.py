@@ -9,7 +9,7 @@ from django.test import Client
 
 from agent_channels.models import Event, Run, RunStatus
 
-from .conftest import wait_for
+from .helpers import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("inprocess_runtime")]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from agent_channels.channel.control import send_control
 from agent_channels.models import Event, Run, RunStatus, Step
 from agent_channels.runtime import RunConflict, UnknownAgent, start_run
-from agent_channels.runtime.control import dispatch_control
 from agent_channels.runtime.executor import execute_run
 
-from .conftest import wait_for
+from .helpers import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("inprocess_runtime")]
 
@@ -103,7 +103,7 @@ def test_interrupt_closes_the_model_stream_and_the_agent_continues(llm):
     llm.reply_tokens, llm.delay = 400, 0.01
     run = start_run("intr", "chat", {"prompt": "tell me a long story"})
     wait_for(lambda: events("intr", "message.delta"))
-    dispatch_control("intr", "interrupt", {"text": "shorter please"})
+    send_control("intr", "interrupt", {"text": "shorter please"})
     llm_done = wait_for(lambda: llm.disconnects, 10)
     assert llm_done[0] < 400, "the stream was closed before the model finished"
     llm.reply_tokens, llm.delay = None, 0.0
@@ -118,7 +118,7 @@ def test_interrupt_closes_the_model_stream_and_the_agent_continues(llm):
 def test_cancel_ends_a_streaming_run():
     run = start_run("cancel", "demo", {"tokens": 10_000, "interval_ms": 5})
     wait_for(lambda: events("cancel", "message.delta"))
-    dispatch_control("cancel", "cancel", None)
+    send_control("cancel", "cancel", None)
     finished(run, 5)
     assert run.status == RunStatus.CANCELLED
     assert names("cancel")[-2:] == ["message.aborted", "run.cancelled"]
@@ -127,7 +127,7 @@ def test_cancel_ends_a_streaming_run():
 def test_an_uncaught_interrupt_ends_the_run_as_interrupted():
     run = start_run("demo-intr", "demo", {"tokens": 10_000, "interval_ms": 5})
     wait_for(lambda: events("demo-intr", "message.delta"))
-    dispatch_control("demo-intr", "interrupt", {"why": "enough"})
+    send_control("demo-intr", "interrupt", {"why": "enough"})
     finished(run, 5)
     assert run.status == RunStatus.INTERRUPTED
     assert events("demo-intr", "run.interrupted")[0].data["data"] == {"why": "enough"}
@@ -137,7 +137,7 @@ def test_request_input_suspends_and_resumes_with_the_answer():
     run = start_run("ask", "approval", {"action": "ship it"})
     status_is(run, RunStatus.WAITING)
     assert events("ask", "input.requested")[0].data["prompt"] == "May I ship it? (yes/no)"
-    dispatch_control("ask", "input", {"text": "yes"})
+    send_control("ask", "input", {"text": "yes"})
     finished(run)
     assert run.status == RunStatus.COMPLETED and run.output["approved"] is True
     assert run.attempts == 2  # the worker let go while waiting
@@ -149,7 +149,7 @@ def test_request_input_suspends_and_resumes_with_the_answer():
 def test_cancel_while_waiting_for_input_ends_the_run():
     run = start_run("ask-cancel", "approval")
     status_is(run, RunStatus.WAITING)
-    dispatch_control("ask-cancel", "cancel", None)
+    send_control("ask-cancel", "cancel", None)
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
     assert names("ask-cancel")[-1] == "run.cancelled"
@@ -159,7 +159,7 @@ def test_double_texting_reject():
     first = start_run("dt-reject", "demo", {"tokens": 1000, "interval_ms": 5})
     with pytest.raises(RunConflict):
         start_run("dt-reject", "echo", on_active="reject")
-    dispatch_control("dt-reject", "cancel", None)
+    send_control("dt-reject", "cancel", None)
     finished(first)
 
 
@@ -207,7 +207,7 @@ def test_cancel_cuts_a_stalled_model_stream_at_once(llm):
     wait_for(lambda: llm.count == 1)
     time.sleep(0.2)
     started = time.monotonic()
-    dispatch_control("stall", "cancel", None)
+    send_control("stall", "cancel", None)
     finished(run, 5)
     assert time.monotonic() - started < 1.0
     assert run.status == RunStatus.CANCELLED

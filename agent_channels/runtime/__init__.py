@@ -12,6 +12,7 @@ __all__ = [
     "Cancelled",
     "ChatResult",
     "Interrupted",
+    "RunBackend",
     "RunConflict",
     "RunContext",
     "RunError",
@@ -24,9 +25,10 @@ __all__ = [
 
 _EXPORTS = {
     "Cancelled": "agent_channels.runtime.errors",
-    "ChatResult": "agent_channels.runtime.context",
+    "ChatResult": "agent_channels.runtime.calls",
     "Interrupted": "agent_channels.runtime.errors",
     "RunConflict": "agent_channels.runtime.errors",
+    "RunBackend": "agent_channels.runtime.backends",
     "RunContext": "agent_channels.runtime.context",
     "RunError": "agent_channels.runtime.errors",
     "Tool": "agent_channels.runtime.tools",
@@ -38,7 +40,9 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from agent_channels.runtime.api import start_run
-    from agent_channels.runtime.context import ChatResult, RunContext
+    from agent_channels.runtime.backends import RunBackend
+    from agent_channels.runtime.calls import ChatResult
+    from agent_channels.runtime.context import RunContext
     from agent_channels.runtime.errors import (
         Cancelled,
         Interrupted,

@@ -6,12 +6,12 @@ from typing import Any, Literal
 
 from django.db import transaction
 
+from agent_channels.channel.control import send_control
+from agent_channels.channel.log import EventDraft, InvalidEvent, append, check_storable
+from agent_channels.channel.names import validate_name
 from agent_channels.conf import get_config
-from agent_channels.log import EventDraft, InvalidEvent, append, check_storable
 from agent_channels.models import Channel, Run, RunStatus
-from agent_channels.names import control_group, validate_name
 from agent_channels.runtime import lifecycle
-from agent_channels.runtime.control import CONTROL_MESSAGE, deliver_local
 from agent_channels.runtime.errors import RunConflict, RunError
 from agent_channels.runtime.registry import get_agent
 
@@ -94,21 +94,4 @@ def _supersede(other: Run, channel: str, by: Run) -> None:
             other, channel, RunStatus.INTERRUPTED, {"reason": "superseded", "by": str(by.pk)}
         )
         return
-    data = {"by": str(by.pk)}
-    event = append(channel, [EventDraft("control.supersede", {"data": data}, other.pk)])[0]
-    message = {
-        "type": CONTROL_MESSAGE,
-        "channel": channel,
-        "seq": event.seq,
-        "kind": "supersede",
-        "data": data,
-        "id": None,
-    }
-
-    def send() -> None:
-        from agent_channels.wire import get_wire
-
-        deliver_local(message)
-        get_wire().send(control_group(channel), message)
-
-    transaction.on_commit(send)
+    send_control(channel, "supersede", {"by": str(by.pk)}, run=other.pk)

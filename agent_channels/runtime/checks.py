@@ -9,6 +9,8 @@ from django.core.checks import CheckMessage, Error, Tags, register
 from django.utils.module_loading import import_string
 
 from agent_channels.conf import get_config
+from agent_channels.runtime.api import POLICIES
+from agent_channels.runtime.backends import RunBackend
 
 __all__ = ["check_runtime_settings"]
 
@@ -17,9 +19,6 @@ __all__ = ["check_runtime_settings"]
 def check_runtime_settings(
     app_configs: Sequence[Any] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    from agent_channels.runtime.api import POLICIES
-    from agent_channels.runtime.backends import RunBackend
-
     config = get_config()
     errors: list[CheckMessage] = []
     agents = config["AGENTS"]
@@ -61,7 +60,8 @@ def check_runtime_settings(
             errors.append(
                 Error(
                     f"AGENT_CHANNELS['RUN_BACKEND'] = {backend!r} cannot be imported: {exc}.",
-                    hint="Use agent_channels.runtime.backends.CeleryBackend or InProcessBackend, "
+                    hint="Use agent_channels.runtime.backends.celery.CeleryBackend or "
+                    "agent_channels.runtime.backends.inprocess.InProcessBackend, "
                     "or None to choose by CELERY_BROKER_URL.",
                     id="agent_channels.E102",
                 )

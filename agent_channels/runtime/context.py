@@ -10,18 +10,18 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from django.db.models import F
 from django.utils import timezone
 
+from agent_channels.channel.log import EventDraft, append
+from agent_channels.channel.publishing import MessageStream
 from agent_channels.conf import get_config
-from agent_channels.log import EventDraft, append
 from agent_channels.models import Event, Run
-from agent_channels.publishing import MessageStream
-from agent_channels.runtime import lifecycle, llm
+from agent_channels.runtime import calls, lifecycle, llm
+from agent_channels.runtime.calls import ChatResult
 from agent_channels.runtime.control import ControlMessage, Inbox
 from agent_channels.runtime.errors import (
     Cancelled,
@@ -31,22 +31,11 @@ from agent_channels.runtime.errors import (
     TimeLimitExceeded,
 )
 from agent_channels.runtime.journal import Journal, StepRecord
-from agent_channels.runtime.tools import Tool, resolve_tools
+from agent_channels.runtime.tools import Tool
 
-__all__ = ["ChatResult", "Message", "RunContext"]
+__all__ = ["Message", "RunContext"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ChatResult:
-    """What :meth:`RunContext.chat` returns."""
-
-    text: str
-    #: The conversation including the assistant's replies and tool results.
-    messages: list[dict[str, Any]]
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 class Message:
@@ -136,7 +125,7 @@ class RunContext:
         started = run.started_at or timezone.now()
         self.deadline = started.timestamp() + float(limit) if limit else None
         self.timed_out = False
-        self._abort_handles: list[llm.AbortHandle] = []
+        self.abort_handles: list[llm.AbortHandle] = []
 
     # -- control ---------------------------------------------------------------------
 
@@ -155,7 +144,7 @@ class RunContext:
             raise TimeLimitExceeded()
         if self.inbox.interrupts:
             message = self.inbox.interrupts.popleft()
-            self._handled(message)
+            self.handled(message)
             raise Interrupted(message.data, seq=message.seq)
 
     def sleep(self, seconds: float) -> None:
@@ -171,7 +160,7 @@ class RunContext:
                 continue
             self.inbox.wakeup.wait(remaining)
 
-    def _handled(self, message: ControlMessage) -> None:
+    def handled(self, message: ControlMessage) -> None:
         Run.objects.filter(pk=self.run_id, control_seq__lt=message.seq).update(
             control_seq=message.seq
         )
@@ -185,18 +174,19 @@ class RunContext:
             self.inbox.wakeup.set()
 
     def _abort_streams(self) -> None:
-        for handle in list(self._abort_handles):
+        for handle in list(self.abort_handles):
             handle.abort()
 
     # -- events and messages ---------------------------------------------------------
 
     def emit(self, name: str, data: dict[str, Any] | None = None) -> None:
         """Publish a custom event on the channel (once, even if the run is replayed)."""
-        record = self.journal.next("emit", name)
-        if record.completed:
-            return
-        event = append(self.channel, [EventDraft(name, data or {}, self.run_id)])[0]
-        self.journal.complete(record, {"seq": event.seq})
+
+        def publish(record: StepRecord) -> dict[str, Any]:
+            event = append(self.channel, [EventDraft(name, data or {}, self.run_id)])[0]
+            return {"seq": event.seq}
+
+        self.journaled("emit", name, publish)
 
     def message(self) -> Message:
         """A streamed assistant message (``message.delta`` … ``message.completed``)."""
@@ -206,17 +196,36 @@ class RunContext:
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` once: its JSON result is journaled and returned on replay."""
-        record = self.journal.next("step", name)
+
+        def call(record: StepRecord) -> Any:
+            result = fn()
+            json.dumps(result)
+            return result
+
+        return self.journaled("step", name, call)
+
+    def journaled(
+        self,
+        kind: str,
+        name: str,
+        body: Callable[[StepRecord], Any],
+        also: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Run ``body`` as the run's next step, or return its recorded result on replay.
+
+        ``body`` returns the JSON result to journal; ``also(result)`` runs in the same
+        transaction as the journal write (usage counters, say).
+        """
+        record = self.journal.next(kind, name)
         if record.completed:
             return record.result
         self.check_control()
         self.journal.start(record)
-        result = fn()
-        json.dumps(result)
-        self.journal.complete(record, result)
+        result = body(record)
+        self.journal.complete(record, result, also=None if also is None else lambda: also(result))
         return result
 
-    # -- the model -------------------------------------------------------------------
+    # -- the model ------------------------------------------------------------------
 
     def chat(
         self,
@@ -229,153 +238,17 @@ class RunContext:
     ) -> ChatResult:
         """Stream a chat completion into the channel, running tool calls until the model
         answers. Raises :class:`Interrupted` (with ``messages`` so far) on interrupt."""
-        tool_map = resolve_tools(tools)
-        specs = [t.spec() for t in tool_map.values()]
-        model = model or llm.default_model()
-        history = [dict(m) for m in messages]
-        prompt = completion = 0
-        rounds = max_rounds or int(get_config()["MAX_TOOL_ROUNDS"])
-        for _round in range(rounds):
-            result = self._model_call(history, model, specs, params)
-            prompt += int(result.get("prompt_tokens", 0))
-            completion += int(result.get("completion_tokens", 0))
-            assistant: dict[str, Any] = {"role": "assistant", "content": result["content"]}
-            if result["tool_calls"]:
-                assistant["tool_calls"] = result["tool_calls"]
-            history.append(assistant)
-            if result.get("interrupted"):
-                exc = Interrupted(result.get("data"), result["content"], result.get("seq"))
-                exc.messages = history
-                raise exc
-            if not result["tool_calls"]:
-                return ChatResult(result["content"], history, prompt, completion)
-            for call in result["tool_calls"]:
-                output = self._tool_call(call, tool_map)
-                history.append(
-                    {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(output)}
-                )
-        raise RuntimeError(f"The model still asked for tools after {rounds} rounds.")
+        return calls.chat(
+            self, messages, tools=tools, model=model, max_rounds=max_rounds, params=params
+        )
 
-    def _model_call(
-        self,
-        history: list[dict[str, Any]],
-        model: str,
-        specs: list[dict[str, Any]],
-        params: dict[str, Any],
-    ) -> dict[str, Any]:
-        record = self.journal.next("model", model)
-        if record.completed:
-            return dict(record.result)
-        self.check_control()
-        self.journal.start(record)
-        # Opened on the first text: a reply that only asks for tools is not a message.
-        streams: list[MessageStream] = []
-
-        def open_stream() -> MessageStream:
-            if not streams:
-                streams.append(
-                    MessageStream(
-                        self.channel,
-                        run=self.run_id,
-                        message_id=f"{self.run_id}-{record.index}-a{self.attempt}",
-                    )
-                )
-            return streams[0]
-
-        def on_text(delta: str) -> None:
-            open_stream().write(delta)
-
-        def close(reason: str | None) -> None:
-            if reason is None:
-                open_stream()  # an empty answer is still a (completed, empty) message
-            if not streams or streams[0].closed:
-                return
-            if reason is None:
-                streams[0].complete()
-            else:
-                streams[0].abort(reason)
-
-        handle = llm.AbortHandle()
-        self._abort_handles.append(handle)
-
-        def on_control(message: ControlMessage) -> None:
-            if message.kind in ("interrupt", "cancel", "supersede"):
-                handle.abort()
-
-        remove = self.inbox.on_message(on_control)
-        try:
-            if self.inbox.pending:
-                handle.abort()
-            result = llm.stream_chat(
-                messages=history,
-                model=model,
-                tools=specs,
-                params=params,
-                on_text=on_text,
-                handle=handle,
-            )
-        except llm.StreamAborted as aborted:
-            partial: llm.ModelResult = aborted.args[0]
-            reason = "interrupted" if self.inbox.interrupts else "cancelled"
-            if self.timed_out:
-                reason = "time_limit"
-            close(reason)
-            if reason != "interrupted":
-                self.check_control()  # raises Cancelled / Superseded / TimeLimitExceeded
-                raise Cancelled() from None
-            message = self.inbox.interrupts.popleft()
-            self._handled(message)
-            data = partial.to_json()
-            data.update(interrupted=True, data=message.data, seq=message.seq, tool_calls=[])
-            self.journal.complete(record, data, also=lambda: self._add_usage(model, partial))
-            return data
-        except BaseException:
-            close("error")
-            raise
-        finally:
-            remove()
-            self._abort_handles.remove(handle)
-        if result.content or not result.tool_calls:
-            close(None)
-        data = result.to_json()
-        self.journal.complete(record, data, also=lambda: self._add_usage(model, result))
-        return data
-
-    def _add_usage(self, model: str, result: llm.ModelResult) -> None:
+    def add_usage(self, model: str, usage: dict[str, Any]) -> None:
+        """Count a model call's tokens on the run (inside the step's transaction)."""
         Run.objects.filter(pk=self.run_id).update(
             model=model,
-            prompt_tokens=F("prompt_tokens") + result.prompt_tokens,
-            completion_tokens=F("completion_tokens") + result.completion_tokens,
+            prompt_tokens=F("prompt_tokens") + int(usage.get("prompt_tokens", 0)),
+            completion_tokens=F("completion_tokens") + int(usage.get("completion_tokens", 0)),
         )
-
-    def _tool_call(self, call: dict[str, Any], tool_map: dict[str, Tool]) -> Any:
-        name = str(call.get("function", {}).get("name", ""))
-        raw = str(call.get("function", {}).get("arguments", ""))
-        record = self.journal.next("tool", name)
-        if record.completed:
-            return record.result["result"]
-        self.check_control()
-        self.journal.start(record)
-        base = {"name": name, "call_id": call.get("id"), "arguments": raw}
-        append(self.channel, [EventDraft("tool.started", base, self.run_id)])
-        try:
-            arguments = llm.parse_arguments(raw)
-            found = tool_map.get(name)
-            if found is None:
-                raise LookupError(f"The model asked for an unknown tool {name!r}.")
-            output: Any = found(**arguments)
-            json.dumps(output)
-            ok = True
-        except Exception as exc:
-            # The model gets the error as the tool's result and may recover from it.
-            output = {"error": f"{type(exc).__name__}: {exc}"}
-            ok = False
-        append(
-            self.channel,
-            [EventDraft("tool.completed", {**base, "result": output, "ok": ok}, self.run_id)],
-        )
-        self.journal.complete(record, {"result": output, "ok": ok})
-        return output
 
     # -- human input -----------------------------------------------------------------
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -25,27 +24,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
-from django.db import transaction
 
+from agent_channels.channel.control import CONTROL_MESSAGE, control_message
+from agent_channels.channel.names import control_group
 from agent_channels.conf import get_config
-from agent_channels.log import EventDraft, append
 from agent_channels.models import Event
-from agent_channels.names import control_group
+from agent_channels.per_process import PerProcess, background_loop
+from agent_channels.runtime import lifecycle
 
 __all__ = [
     "CONTROL_EVENTS",
-    "CONTROL_MESSAGE",
     "ControlMessage",
     "Inbox",
-    "after_control",
     "deliver_local",
-    "dispatch_control",
     "get_listener",
+    "on_control_sent",
 ]
 
 logger = logging.getLogger(__name__)
 
-CONTROL_MESSAGE = "agent_channels.control"
 #: Persisted events that carry control to a run (read once when a run subscribes).
 CONTROL_EVENTS = ("client.interrupt", "client.cancel", "control.supersede")
 
@@ -189,22 +186,14 @@ class ControlListener:
             if shared is None or isinstance(shared, InMemoryChannelLayer)
             else channel_layers.make_backend(alias)
         )
-        self.pid = os.getpid()
         self.enabled = self.layer is not None and not isinstance(self.layer, InMemoryChannelLayer)
-        self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._name: str | None = None
         self._receiver: asyncio.Task[None] | None = None
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(
-                    target=loop.run_forever, name="agent-channels-control", daemon=True
-                ).start()
-                self._loop = loop
-            return self._loop
+        self._loop = background_loop()
+        return self._loop
 
     def subscribe(self, channel: str, timeout: float = 10.0) -> None:
         """Join the channel's control group; returns once the layer has the membership."""
@@ -252,63 +241,26 @@ class ControlListener:
                 deliver_local(message)
 
 
-_listener: ControlListener | None = None
-_listener_lock = threading.Lock()
+_listener: PerProcess[ControlListener] = PerProcess(
+    lambda: ControlListener(get_config()["CHANNEL_LAYER"])
+)
 
 
 def get_listener() -> ControlListener:
     """The process's listener (a new one after a fork: loops do not survive it)."""
-    global _listener
-    with _listener_lock:
-        if _listener is None or _listener.pid != os.getpid():
-            _listener = ControlListener(get_config()["CHANNEL_LAYER"])
-        return _listener
+    return _listener.get()
 
 
-def after_control(channel: str, seq: int, kind: str, data: Any, frame_id: Any = None) -> None:
-    """The part of a control message that is not for a running agent (sync; touches the DB).
+def on_control_sent(
+    *, channel: str, seq: int, kind: str, data: Any, frame_id: Any = None, **kwargs: Any
+) -> None:
+    """Receiver of :data:`~agent_channels.channel.control.control_sent` (sync; touches the DB).
 
     Delivers to runs in this process, resumes a run waiting for input, and cancels
     runs that are queued or waiting (they have no process to tell).
     """
-    deliver_local(
-        {
-            "type": CONTROL_MESSAGE,
-            "channel": channel,
-            "seq": seq,
-            "kind": kind,
-            "data": data,
-            "id": frame_id,
-        }
-    )
-    from agent_channels.runtime import lifecycle
-
+    deliver_local(control_message(channel, seq, kind, data, frame_id))
     if kind == "input":
         lifecycle.resume_waiting(channel)
     elif kind == "cancel":
         lifecycle.cancel_idle(channel, data)
-
-
-def dispatch_control(
-    channel: str, kind: str, data: Any, frame_id: Any = None, user_id: Any = None
-) -> int:
-    """Persist a client control message and send it to the channel's agent; returns its seq.
-
-    The HTTP twin of what the WebSocket consumer does with an input/interrupt/cancel frame.
-    """
-    from agent_channels.wire import get_wire
-
-    payload = {"data": data, "id": frame_id, "user": user_id}
-    with transaction.atomic():
-        seq = append(channel, [EventDraft(f"client.{kind}", payload)])[0].seq
-        message = {
-            "type": CONTROL_MESSAGE,
-            "channel": channel,
-            "seq": seq,
-            "kind": kind,
-            "data": data,
-            "id": frame_id,
-        }
-        transaction.on_commit(lambda: get_wire().send(control_group(channel), message))
-    after_control(channel, seq, kind, data, frame_id)
-    return seq

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import close_old_connections
 
-from agent_channels.log import EventDraft, append
+from agent_channels.channel.log import EventDraft, append
 from agent_channels.models import Event, RunStatus
 from agent_channels.runtime import lifecycle
 from agent_channels.runtime.context import RunContext

@@ -16,9 +16,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from agent_channels.channel.log import EventDraft, append
 from agent_channels.conf import get_config
-from agent_channels.log import EventDraft, append
 from agent_channels.models import Channel, Event, Run, RunStatus
+from agent_channels.runtime.backends import get_backend
 
 __all__ = [
     "cancel_idle",
@@ -58,8 +59,6 @@ def _event(run: Run, channel: str, name: str, data: dict[str, Any]) -> None:
 
 def enqueue(run_id: Any) -> None:
     """Hand a run to the configured backend once the current transaction commits."""
-    from agent_channels.runtime.backends import get_backend
-
     transaction.on_commit(lambda: get_backend().enqueue(str(run_id)))
 
 
@@ -229,8 +228,6 @@ def start_next(channel_id: int) -> None:
         .first()
     )
     if run_id is not None:
-        from agent_channels.runtime.backends import get_backend
-
         get_backend().enqueue(str(run_id))
 
 
@@ -263,8 +260,6 @@ def reap() -> int:
         .values_list("pk", flat=True)[:100]
     )
     if run_ids:
-        from agent_channels.runtime.backends import get_backend
-
         backend = get_backend()
         for run_id in run_ids:
             logger.warning("agent_channels: run %s lost its worker or task; enqueueing it", run_id)

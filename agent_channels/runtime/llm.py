@@ -50,7 +50,8 @@ def default_model() -> str:
 
 def get_client() -> Any:
     """One SDK client (and HTTP connection pool) per process and configuration."""
-    import openai
+    import openai  # here, not at the top: the SDK costs ~0.5 s to import, and only
+    # processes that call a model need it.
 
     config = get_config()
     key = (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any, Protocol
@@ -11,6 +10,7 @@ from typing import Any, Protocol
 from django.db import close_old_connections
 
 from agent_channels.conf import get_config
+from agent_channels.per_process import PerProcess
 from agent_channels.runtime import lifecycle
 
 __all__ = ["Monitor", "get_monitor", "stop_monitor"]
@@ -27,7 +27,6 @@ class Watched(Protocol):
 
 class Monitor:
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self._runs: dict[Any, Watched] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -76,22 +75,13 @@ class Monitor:
                 close_old_connections()
 
 
-_monitor: Monitor | None = None
-_monitor_lock = threading.Lock()
+_monitor: PerProcess[Monitor] = PerProcess(Monitor, close=Monitor.stop)
 
 
 def get_monitor() -> Monitor:
     """The process's monitor, started on first use (again after a fork)."""
-    global _monitor
-    with _monitor_lock:
-        if _monitor is None or _monitor.pid != os.getpid():
-            _monitor = Monitor()
-        return _monitor
+    return _monitor.get()
 
 
 def stop_monitor() -> None:
-    global _monitor
-    with _monitor_lock:
-        monitor, _monitor = _monitor, None
-    if monitor is not None and monitor.pid == os.getpid():
-        monitor.stop()
+    _monitor.reset()

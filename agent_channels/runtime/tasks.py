@@ -10,6 +10,7 @@ from celery.signals import worker_ready
 
 from agent_channels.runtime.backends import TASK_NAME
 from agent_channels.runtime.executor import execute_run
+from agent_channels.runtime.monitor import get_monitor
 
 __all__ = ["execute_run_task"]
 
@@ -23,6 +24,4 @@ def execute_run_task(run_id: str) -> str:
 def _start_monitor(**kwargs: Any) -> None:
     # The reaper runs in every worker, so a run whose worker died is restarted even when
     # no other run is executing.
-    from agent_channels.runtime.monitor import get_monitor
-
     get_monitor()

@@ -6,8 +6,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from agent_channels.access import get_access_policy
+from agent_channels.channel.names import InvalidChannelName, validate_name
 from agent_channels.models import Channel
-from agent_channels.names import InvalidChannelName, validate_name
 
 
 def index(request: HttpRequest) -> HttpResponse:

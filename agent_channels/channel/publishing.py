@@ -11,7 +11,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import threading
 import time
 import uuid
@@ -22,9 +21,10 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.db import connection, connections
 
+from agent_channels.channel.log import EventDraft, append
 from agent_channels.conf import get_config
-from agent_channels.log import EventDraft, append
 from agent_channels.models import Event
+from agent_channels.per_process import PerProcess
 
 __all__ = ["AsyncMessageStream", "MessageStream", "apublish", "publish", "stream_message"]
 
@@ -88,7 +88,6 @@ class _Flusher:
     IDLE_SECONDS = 2.0
 
     def __init__(self) -> None:
-        self._pid = os.getpid()
         self._heap: list[tuple[float, int, weakref.ref[MessageStream]]] = []
         self._counter = itertools.count()
         self._cond = threading.Condition()
@@ -142,24 +141,17 @@ class _Flusher:
                 connections.close_all()
 
 
+_flusher: PerProcess[_Flusher] = PerProcess(_Flusher)
+
+
 def release_connections(timeout: float = 5.0) -> bool:
     """Close the flusher thread's database connection now (worker shutdown, tests)."""
-    flusher = _flusher
-    if flusher is None or flusher._pid != os.getpid():
-        return True
-    return flusher.release(timeout)
-
-
-_flusher: _Flusher | None = None
-_flusher_lock = threading.Lock()
+    flusher = _flusher.peek()
+    return True if flusher is None else flusher.release(timeout)
 
 
 def _get_flusher() -> _Flusher:
-    global _flusher
-    with _flusher_lock:
-        if _flusher is None or _flusher._pid != os.getpid():
-            _flusher = _Flusher()
-        return _flusher
+    return _flusher.get()
 
 
 class MessageStream:

@@ -1,42 +1,16 @@
-"""HTTP endpoints for clients that cannot hold a WebSocket."""
+"""``GET <channel>/events/``: the log as JSON pages, for clients without a WebSocket."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.http import HttpRequest, JsonResponse
 
-from agent_channels.access import get_access_policy
+from agent_channels.channel.log import read
+from agent_channels.channel.names import InvalidChannelName, validate_name
 from agent_channels.conf import get_config
-from agent_channels.log import read
 from agent_channels.models import Channel
-from agent_channels.names import InvalidChannelName, validate_name
+from agent_channels.views.http import check_read, error, int_param
 
 __all__ = ["events"]
-
-
-def error(status: int, code: str, message: str, **extra: Any) -> JsonResponse:
-    """The HTTP twin of the WebSocket error frame."""
-    return JsonResponse({"type": "error", "code": code, "message": message, **extra}, status=status)
-
-
-def _int_param(request: HttpRequest, name: str, default: int) -> int:
-    value = request.GET.get(name)
-    if value is None or value == "":
-        return default
-    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
-    if not (value.isascii() and value.isdigit()) or len(value) > 18:
-        raise ValueError(f"'{name}' must be a non-negative integer.")
-    return int(value)
-
-
-def check_read(request: HttpRequest, channel: str) -> JsonResponse | None:
-    """A 401/403 response if the request's user may not read ``channel``."""
-    if get_access_policy().can_read(request.user, channel):
-        return None
-    if not request.user.is_authenticated:
-        return error(401, "unauthenticated", "Log in to read this channel.")
-    return error(403, "forbidden", "You may not read this channel.")
 
 
 def events(request: HttpRequest, channel: str) -> JsonResponse:
@@ -52,8 +26,8 @@ def events(request: HttpRequest, channel: str) -> JsonResponse:
     except InvalidChannelName as exc:
         return error(400, "invalid_channel", str(exc))
     try:
-        since = _int_param(request, "since", 0)
-        limit = _int_param(request, "limit", config["PAGE_SIZE"])
+        since = int_param(request, "since", 0)
+        limit = int_param(request, "limit", config["PAGE_SIZE"])
     except ValueError as exc:
         return error(400, "invalid_parameter", str(exc))
     if not 1 <= limit <= config["MAX_PAGE_SIZE"]:

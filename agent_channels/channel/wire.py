@@ -19,14 +19,15 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import os
 import threading
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.core.signals import setting_changed
 
+from agent_channels.channel.names import event_group
 from agent_channels.conf import get_config
-from agent_channels.names import event_group
+from agent_channels.per_process import PerProcess, background_loop
 
 __all__ = ["LiveWire", "get_wire", "register_server_loop", "reset_wire"]
 
@@ -66,9 +67,8 @@ class LiveWire:
     def __init__(self, alias: str) -> None:
         self.alias = alias
         self.layer = get_channel_layer(alias)
-        self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._private_loop: asyncio.AbstractEventLoop | None = None
+        self._senders: set[asyncio.Task[None]] = set()
         self._queues: dict[
             asyncio.AbstractEventLoop, asyncio.Queue[tuple[str, dict[str, Any]]]
         ] = {}
@@ -81,15 +81,7 @@ class LiveWire:
         if isinstance(self.layer, InMemoryChannelLayer):
             loop = _server_loop
             return loop if loop is not None and not loop.is_closed() else None
-        with self._lock:
-            if self._private_loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="agent-channels-wire", daemon=True
-                )
-                thread.start()
-                self._private_loop = loop
-            return self._private_loop
+        return background_loop()
 
     def send(self, group: str, message: dict[str, Any]) -> bool:
         """Queue ``message`` for ``group``; returns False when nothing can be listening."""
@@ -123,7 +115,9 @@ class LiveWire:
     def _start_sender(
         self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[str, dict[str, Any]]]
     ) -> None:
-        loop.create_task(self._sender(loop, queue))
+        task = loop.create_task(self._sender(loop, queue))
+        self._senders.add(task)
+        task.add_done_callback(self._senders.discard)
 
     async def _sender(
         self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[str, dict[str, Any]]]
@@ -165,46 +159,36 @@ class LiveWire:
             return self._idle.wait_for(lambda: self._waitable() == 0, timeout)
 
     def close(self, timeout: float = 2.0) -> None:
-        """Send what is queued, then stop the private loop (used on reset and at exit)."""
+        """Send what is queued, then stop this wire's senders (on reset and at exit)."""
         if not self.drain(timeout):
             logger.warning("agent_channels: live sends still queued at shutdown were dropped")
-        loop = self._private_loop
-        if loop is not None and not loop.is_closed():
-
-            async def _cancel_tasks() -> None:
-                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop).result(timeout)
-            # Stopped from outside: a loop stopped inside a coroutine never reports its result.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(loop.stop)
-        self._private_loop = None
+        for task in list(self._senders):
+            loop = task.get_loop()
+            if not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(task.cancel)
 
 
-_wire: LiveWire | None = None
-_wire_lock = threading.Lock()
+_wire: PerProcess[LiveWire] = PerProcess(
+    lambda: LiveWire(get_config()["CHANNEL_LAYER"]), close=LiveWire.close
+)
 
 
 def get_wire() -> LiveWire:
     """The process's wire (a new one after a fork: threads and loops do not survive it)."""
-    global _wire
-    with _wire_lock:
-        if _wire is None or _wire._pid != os.getpid():
-            _wire = LiveWire(get_config()["CHANNEL_LAYER"])
-        return _wire
+    return _wire.get()
 
 
 def reset_wire() -> None:
-    global _wire
-    with _wire_lock:
-        old, _wire = _wire, None
-    if old is not None and old._pid == os.getpid():
-        old.close()
+    _wire.reset()
 
+
+def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("AGENT_CHANNELS", "CHANNEL_LAYERS"):
+        reset_wire()
+
+
+setting_changed.connect(_reset_on_setting_changed)
 
 # Run before the interpreter starts shutting down thread pools: the layer's connection
 # setup (DNS lookups) uses the default executor, which refuses work after that point.

@@ -19,8 +19,9 @@ from django.db import connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from agent_channels.channel.names import validate_name
+from agent_channels.channel.wire import get_wire
 from agent_channels.models import Channel, Event
-from agent_channels.names import validate_name
 
 __all__ = ["EventDraft", "InvalidEvent", "append", "check_storable", "read"]
 
@@ -149,11 +150,9 @@ def append(
             ]
             Event.objects.using(using).bulk_create(events)
     if notify:
-        from agent_channels import wire
-
         texts = [json.dumps(e.to_frame(), separators=(",", ":")) for e in events]
         transaction.on_commit(
-            partial(wire.get_wire().send_events, channel, events[0].seq, texts), using=using
+            partial(get_wire().send_events, channel, events[0].seq, texts), using=using
         )
     return events
 

@@ -1,0 +1,1 @@
+"""The channel itself: names, the log, the live wire, publishing, retention, control."""

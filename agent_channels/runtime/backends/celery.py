@@ -1,0 +1,35 @@
+"""Celery workers: runs are sent as tasks by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import current_app
+from django.utils.module_loading import import_string
+
+from agent_channels.conf import get_config
+from agent_channels.runtime.backends import TASK_NAME, RunBackend
+
+__all__ = ["CeleryBackend"]
+
+
+class CeleryBackend(RunBackend):
+    """Celery workers: ``celery -A <project> worker`` with ``agent_channels.tasks`` loaded.
+
+    The task is sent by name, so the sending process does not import the worker's code.
+    """
+
+    survives_process_exit = True
+    runs_in_other_processes = True
+
+    def __init__(self) -> None:
+        config = get_config()
+        if config["CELERY_APP"]:
+            self.app: Any = import_string(config["CELERY_APP"])
+        else:
+            self.app = current_app
+        self.queue = config["CELERY_QUEUE"]
+
+    def enqueue(self, run_id: str) -> None:
+        options: dict[str, Any] = {"queue": self.queue} if self.queue else {}
+        self.app.send_task(TASK_NAME, args=[run_id], **options)

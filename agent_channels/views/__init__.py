@@ -1,0 +1,1 @@
+"""The HTTP surface: the log as JSON pages, runs, and control messages."""

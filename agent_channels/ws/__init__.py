@@ -1,0 +1,1 @@
+"""The WebSocket surface: the consumer, its frames, limits and close codes."""

@@ -1,0 +1,261 @@
+"""The WebSocket consumer: follow a channel live, resume by seq, send control frames.
+
+``connect`` reads as the protocol: check the Origin, the name, ``since`` and the
+access policy; join the group; accept; say hello; start the :class:`~.pump.Pump`
+that sends every event after ``since`` exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from agent_channels.access import get_access_policy
+from agent_channels.channel.control import asend_control
+from agent_channels.channel.names import InvalidChannelName, event_group, validate_name
+from agent_channels.channel.wire import EVENTS_MESSAGE, register_server_loop
+from agent_channels.conf import get_config
+from agent_channels.ws import close_codes
+from agent_channels.ws.backpressure import find_transport
+from agent_channels.ws.frames import CONTROL_TYPES, FrameError, parse_client_frame
+from agent_channels.ws.origins import origin_allowed
+from agent_channels.ws.pump import Head, HistoryPruned, Pump, dumps, read_head
+from agent_channels.ws.ratelimit import TokenBucket
+
+__all__ = ["ChannelConsumer"]
+
+logger = logging.getLogger(__name__)
+
+
+class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+    """Serves ``ws/agent-channels/<channel>/?since=N``; see docs/protocol.rst."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config = get_config()
+        self.channel = ""
+        self.group: str | None = None
+        self.user: Any = None
+        self.can_send = False
+        self.accepted = False
+        self.bucket = TokenBucket(self.config["CLIENT_RATE"], self.config["CLIENT_BURST"])
+        #: Set once the connection is open; frames and events before that are ignored.
+        self.pump: Pump | None = None
+        self.pump_task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        register_server_loop(asyncio.get_running_loop())
+        try:
+            await self._open()
+        except Exception:
+            # The database or the layer failed: say so and close, never leave a dead socket.
+            logger.exception("agent_channels: opening %r failed", self.channel)
+            if not self.accepted:
+                await self.accept()
+            await self._fail(
+                close_codes.INTERNAL_ERROR,
+                "unavailable",
+                "The server cannot serve this channel right now; reconnect later.",
+            )
+
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        self.accepted = True
+        await super().accept(subprotocol, headers)
+
+    async def _open(self) -> None:
+        if not origin_allowed(self.scope):
+            return await self._deny(
+                close_codes.FORBIDDEN,
+                "origin_not_allowed",
+                "This page's Origin may not open this socket.",
+            )
+        try:
+            self.channel = validate_name(self.scope["url_route"]["kwargs"]["channel"])
+        except InvalidChannelName as exc:
+            return await self._deny(close_codes.BAD_REQUEST, "invalid_channel", str(exc))
+        try:
+            since = self._since()
+        except ValueError as exc:
+            return await self._deny(close_codes.BAD_REQUEST, "invalid_since", str(exc))
+        self.user = self.scope.get("user")
+        can_read, self.can_send = await self._authorize()
+        if not can_read:
+            if self.user is None or not getattr(self.user, "is_authenticated", False):
+                return await self._deny(
+                    close_codes.UNAUTHENTICATED, "unauthenticated", "Log in to follow this channel."
+                )
+            return await self._deny(
+                close_codes.FORBIDDEN, "forbidden", "You may not follow this channel."
+            )
+
+        # Join before reading the head: whatever commits after the read arrives live.
+        self.group = event_group(self.channel)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        channel_id, last_seq, pruned_seq = await self._head()
+        if since is not None and since < pruned_seq:
+            return await self._fail(
+                close_codes.GONE,
+                "history_pruned",
+                f"Events up to seq {pruned_seq} were pruned; "
+                f"resume from since={pruned_seq} or later.",
+                first_seq=pruned_seq + 1,
+            )
+        if since is not None and since > last_seq:
+            return await self._fail(
+                close_codes.BAD_REQUEST,
+                "since_ahead",
+                f"since={since} is past the newest event ({last_seq}); "
+                "the channel may have been deleted and recreated.",
+                last_seq=last_seq,
+            )
+        sent = pruned_seq if since is None else since
+        await self.send(
+            text_data=dumps(
+                {
+                    "type": "hello",
+                    "channel": self.channel,
+                    "since": sent,
+                    "last_seq": last_seq,
+                    "can_send": self.can_send,
+                }
+            )
+        )
+        self.pump = Pump(
+            self.channel,
+            channel_id,
+            sent,
+            last_seq,
+            self.config,
+            self._send_text,
+            find_transport(self.base_send),
+        )
+        self.pump_task = asyncio.create_task(self._run_pump(self.pump))
+
+    def _since(self) -> int | None:
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        values = query.get("since")
+        if not values:
+            return None
+        value = values[-1]
+        if not (value.isascii() and value.isdigit()) or len(value) > 18:
+            raise ValueError("since must be a non-negative integer.")
+        return int(value)
+
+    async def _authorize(self) -> tuple[bool, bool]:
+        result: tuple[bool, bool] = await database_sync_to_async(self._authorize_sync)()
+        return result
+
+    def _authorize_sync(self) -> tuple[bool, bool]:
+        policy = get_access_policy()
+        if not policy.can_read(self.user, self.channel):
+            return False, False
+        return True, policy.can_send(self.user, self.channel)
+
+    async def _head(self) -> Head:
+        return await read_head(self.channel)
+
+    async def _deny(self, code: int, error: str, message: str) -> None:
+        # Accept, explain, close: a socket refused during the handshake reaches browsers as
+        # an anonymous 1006, while a close code after accept can be shown to the user.
+        await self.accept()
+        await self._fail(code, error, message)
+
+    async def _fail(self, code: int, error: str, message: str, **extra: Any) -> None:
+        await self.send(
+            text_data=dumps({"type": "error", "code": error, "message": message, **extra})
+        )
+        await self.close(code)
+
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
+
+    async def _run_pump(self, pump: Pump) -> None:
+        try:
+            await pump.run()
+        except asyncio.CancelledError:
+            raise
+        except HistoryPruned as exc:
+            await self._fail(
+                close_codes.GONE,
+                "history_pruned",
+                f"Events up to seq {exc.pruned_seq} were pruned while you were behind.",
+                first_seq=exc.pruned_seq + 1,
+            )
+        except Exception:
+            logger.exception("agent_channels: pump for %r failed", self.channel)
+            await self._fail(
+                close_codes.INTERNAL_ERROR,
+                "internal_error",
+                "The server failed; reconnect with since=<last seq>.",
+            )
+
+    def _stop_pump(self) -> None:
+        if self.pump_task is not None:
+            self.pump_task.cancel()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # The server may cancel the instance without a disconnect (shutdown, timeouts).
+            self._stop_pump()
+
+    async def disconnect(self, code: int) -> None:
+        self._stop_pump()
+        if self.group is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale DB connections (a thread hop) before every message; live
+        # event notifications do not touch the database, so they skip that.
+        if message["type"] == EVENTS_MESSAGE:
+            await self.agent_channels_events(message)
+        else:
+            await super().dispatch(message)
+
+    async def agent_channels_events(self, message: dict[str, Any]) -> None:
+        if self.pump is not None:
+            self.pump.announce(message["first"], message["last"], message.get("texts"))
+
+    # -- client frames -----------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.pump is None:
+            return
+        try:
+            if not self.bucket.allow():
+                raise FrameError("rate_limited", "Too many frames; slow down.")
+            frame = parse_client_frame(text_data, bytes_data, self.config["MAX_CLIENT_FRAME_BYTES"])
+        except FrameError as exc:
+            await self.send(text_data=dumps(exc.to_frame()))
+            return
+        if frame.type == "ping":
+            await self.send(text_data=dumps({"type": "pong", "id": frame.id}))
+            return
+        if not self.can_send:
+            await self._reply_error(
+                "forbidden", "You may follow this channel but not send to it.", frame.id
+            )
+            return
+        assert frame.type in CONTROL_TYPES
+        try:
+            seq = await asend_control(
+                self.channel, frame.type, frame.data, frame_id=frame.id, user=self.user
+            )
+        except Exception:
+            logger.exception("agent_channels: persisting a %s frame failed", frame.type)
+            await self._reply_error(
+                "unavailable", "The frame could not be stored; send it again.", frame.id
+            )
+            return
+        if frame.id is not None:
+            await self.send(text_data=dumps({"type": "ack", "id": frame.id, "seq": seq}))
+
+    async def _reply_error(self, code: str, message: str, frame_id: Any) -> None:
+        await self.send(text_data=dumps(FrameError(code, message).to_frame(frame_id)))
