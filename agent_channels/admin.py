@@ -1,18 +1,43 @@
-"""A read-only admin over the log: the data is a record, not something to edit by hand."""
+"""The admin: the log stays a record; runs can be cancelled, interrupted, retried and answered.
+
+Nothing here edits a row by hand. Control goes through
+:func:`agent_channels.channel.control.send_control`, the same path as a WebSocket frame,
+so it is persisted in the channel's log with the user who sent it before any worker
+sees it; a retry is a new run from :func:`agent_channels.runtime.start_run`.
+
+Permissions: cancel, interrupt and input need ``agent_channels.change_run``; retry
+needs ``agent_channels.add_run``. The forms stay read-only either way.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
-from django.contrib import admin
-from django.http import HttpRequest
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
+from agent_channels.channel.control import send_control
 from agent_channels.models import Channel, Event, Run
+from agent_channels.runtime.api import start_run
+from agent_channels.runtime.errors import RunError
 from agent_channels.runtime.pricing import estimated_cost as run_cost
 
 RECENT_EVENTS = 50
+#: What an operator may send to a run from the admin (``supersede`` is the runtime's own).
+ADMIN_CONTROL_KINDS = ("cancel", "interrupt", "input")
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -61,8 +86,16 @@ class ChannelAdmin(ReadOnlyAdmin):
         )
 
 
+def _parse_input(text: str, as_json: bool) -> Any:
+    """The input an operator typed: JSON when asked for (ValueError if it is not), else text."""
+    if not as_json:
+        return text
+    return json.loads(text)
+
+
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin):
+    change_form_template = "admin/agent_channels/run/change_form.html"
     list_display = [
         "id",
         "agent",
@@ -95,6 +128,20 @@ class RunAdmin(ReadOnlyAdmin):
         "worker",
         "heartbeat_at",
     ]
+    actions = ["cancel_runs", "interrupt_runs", "retry_runs"]
+
+    # -- permissions ------------------------------------------------------------------
+    # Named has_<name>_permission so bulk actions can declare permissions=["control"].
+
+    def has_control_permission(self, request: HttpRequest) -> bool:
+        """Cancel, interrupt, input: changing what a run does is changing the run."""
+        return request.user.has_perm("agent_channels.change_run")
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        """Retry starts a new run: adding one."""
+        return request.user.has_perm("agent_channels.add_run")
+
+    # -- columns ----------------------------------------------------------------------
 
     @admin.display(description="Tokens")
     def total_tokens(self, obj: Run) -> int:
@@ -105,6 +152,136 @@ class RunAdmin(ReadOnlyAdmin):
         cost = run_cost(obj)
         return "–" if cost is None else f"{cost:.4f}"
 
+    # -- control: the one path ----------------------------------------------------------
+
+    def _control(self, request: HttpRequest, runs: Iterable[Run], kind: str, data: Any) -> int:
+        """Send ``kind`` once per channel of the active ``runs``; returns how many were sent.
+
+        Control is addressed to a channel (whatever runs there hears it, exactly as
+        with a WebSocket frame), so two selected runs of one channel get one message.
+        """
+        sent: set[int] = set()
+        for run in runs:
+            if not run.is_active or run.channel_id in sent:
+                continue
+            send_control(run.channel.name, kind, data, user=request.user, run=run.pk)
+            sent.add(run.channel_id)
+        return len(sent)
+
+    def _retry(self, request: HttpRequest, run: Run) -> Run | None:
+        try:
+            return start_run(run.channel.name, run.agent, run.input, user=request.user)
+        except RunError as exc:
+            # RunConflict (another run still active under the "reject" policy), an agent
+            # no longer registered, ...: say so instead of a 500.
+            self.message_user(request, f"Run {run.pk} was not retried: {exc}", messages.ERROR)
+            return None
+
+    @admin.action(description="Cancel selected runs", permissions=["control"])
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        count = self._control(request, queryset.select_related("channel"), "cancel", None)
+        self._report(request, count, "cancel", queryset)
+
+    @admin.action(description="Interrupt selected runs", permissions=["control"])
+    def interrupt_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        count = self._control(request, queryset.select_related("channel"), "interrupt", None)
+        self._report(request, count, "interrupt", queryset)
+
+    @admin.action(description="Retry selected runs (new runs, same input)", permissions=["retry"])
+    def retry_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        started = sum(
+            self._retry(request, run) is not None for run in queryset.select_related("channel")
+        )
+        if started:
+            self.message_user(request, f"Started {started} new run(s).", messages.SUCCESS)
+
+    def _report(self, request: HttpRequest, count: int, kind: str, queryset: QuerySet[Run]) -> None:
+        if count:
+            self.message_user(request, f"Sent {kind} to {count} channel(s).", messages.SUCCESS)
+        else:
+            self.message_user(
+                request, f"No {kind} sent: none of the selected runs is active.", messages.WARNING
+            )
+
+    # -- the change page's buttons --------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        own = [
+            path(
+                "<path:object_id>/control/",
+                self.admin_site.admin_view(self.control_view),
+                name="{}_{}_control".format(*info),
+            ),
+            path(
+                "<path:object_id>/retry/",
+                self.admin_site.admin_view(self.retry_view),
+                name="{}_{}_retry".format(*info),
+            ),
+        ]
+        # Before the defaults: their "<path:object_id>/" catch-all would take these.
+        return own + super().get_urls()
+
+    def _get_run(self, request: HttpRequest, object_id: str) -> Run:
+        run = self.get_object(request, unquote(object_id))
+        if run is None or not self.has_view_permission(request, run):
+            raise Http404("No such run.")
+        return run  # type: ignore[no-any-return]
+
+    def _change_url(self, run: Run) -> str:
+        return reverse(f"{self.admin_site.name}:agent_channels_run_change", args=[run.pk])
+
+    def control_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST ``kind`` (cancel, interrupt, input) and for input ``input`` and ``json``."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        run = self._get_run(request, object_id)
+        if not self.has_control_permission(request):
+            raise PermissionDenied
+        kind = request.POST.get("kind", "")
+        if kind not in ADMIN_CONTROL_KINDS:
+            self.message_user(request, f"Unknown action {kind!r}.", messages.ERROR)
+            return HttpResponseRedirect(self._change_url(run))
+        data: Any = None
+        if kind == "input":
+            try:
+                data = _parse_input(request.POST.get("input", ""), bool(request.POST.get("json")))
+            except ValueError as exc:
+                self.message_user(request, f"The input is not JSON: {exc}", messages.ERROR)
+                return HttpResponseRedirect(self._change_url(run))
+        if self._control(request, [run], kind, data):
+            self.message_user(request, f"Sent {kind} to {run.channel.name}.", messages.SUCCESS)
+        else:
+            self.message_user(request, f"Nothing sent: the run is {run.status}.", messages.WARNING)
+        return HttpResponseRedirect(self._change_url(run))
+
+    def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: a new run of the same agent with the same input, then its page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        run = self._get_run(request, object_id)
+        if not self.has_retry_permission(request):
+            raise PermissionDenied
+        new = self._retry(request, run)
+        if new is None:
+            return HttpResponseRedirect(self._change_url(run))
+        self.message_user(request, f"Started run {new.pk}.", messages.SUCCESS)
+        return HttpResponseRedirect(self._change_url(new))
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        context = {
+            **(extra_context or {}),
+            "can_control": self.has_control_permission(request),
+            "can_retry": self.has_retry_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, context)
+
 
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
@@ -112,6 +289,10 @@ class EventAdmin(ReadOnlyAdmin):
     list_filter = ["name"]
     search_fields = ["channel__name"]
     list_select_related = ["channel"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The log is a record: events go with their channel or by retention, never one by one.
+        return False
 
     @admin.display(description="Data")
     def data_preview(self, obj: Event) -> str:
