@@ -12,6 +12,7 @@ needs ``agent_channels.add_run``. The forms stay read-only either way.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,7 @@ from django.http import (
     HttpResponseRedirect,
 )
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from agent_channels.channel.control import send_control
@@ -34,6 +36,7 @@ from agent_channels.models import Channel, Event, Run
 from agent_channels.runtime.api import start_run
 from agent_channels.runtime.errors import RunError
 from agent_channels.runtime.pricing import estimated_cost as run_cost
+from agent_channels.runtime.registry import agent_names
 
 RECENT_EVENTS = 50
 #: What an operator may send to a run from the admin (``supersede`` is the runtime's own).
@@ -55,8 +58,10 @@ def _preview(data: Any, limit: int = 200) -> str:
 
 @admin.register(Channel)
 class ChannelAdmin(ReadOnlyAdmin):
-    list_display = ["name", "owner", "last_seq", "pruned_seq", "last_event_at"]
-    search_fields = ["name"]
+    list_display = ["name", "owner", "runs_link", "events_link", "last_seq", "last_event_at"]
+    search_fields = ["name", "owner__username"]
+    list_select_related = ["owner"]
+    show_full_result_count = False
     readonly_fields = [
         "name",
         "owner",
@@ -66,6 +71,16 @@ class ChannelAdmin(ReadOnlyAdmin):
         "last_event_at",
         "recent_events",
     ]
+
+    @admin.display(description="Runs")
+    def runs_link(self, obj: Channel) -> str:
+        url = reverse("admin:agent_channels_run_changelist")
+        return format_html('<a href="{}?channel={}">runs</a>', url, obj.pk)
+
+    @admin.display(description="Events")
+    def events_link(self, obj: Channel) -> str:
+        url = reverse("admin:agent_channels_event_changelist")
+        return format_html('<a href="{}?channel={}">events</a>', url, obj.pk)
 
     @admin.display(description="Recent events")
     def recent_events(self, obj: Channel) -> str:
@@ -93,21 +108,58 @@ def _parse_input(text: str, as_json: bool) -> Any:
     return json.loads(text)
 
 
+class AgentFilter(admin.SimpleListFilter):
+    """Agents from the registry, not ``SELECT DISTINCT agent`` over every run on every page."""
+
+    title = "agent"
+    parameter_name = "agent"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name) for name in agent_names()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(agent=value) if value else queryset
+
+
+def _admin_link(obj: Any, text: Any) -> str:
+    opts = obj._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+    # Channel names, agent names and usernames come from users: escaped by format_html.
+    return format_html('<a href="{}">{}</a>', url, text)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin):
     change_form_template = "admin/agent_channels/run/change_form.html"
     list_display = [
         "id",
+        "channel_link",
         "agent",
-        "channel",
         "status",
+        "owner",
+        "started_at",
+        "duration",
         "total_tokens",
         "estimated_cost",
-        "created_at",
-        "finished_at",
+        "attempts",
     ]
-    list_filter = ["status", "agent"]
-    search_fields = ["id", "channel__name", "agent"]
+    list_filter = ["status", AgentFilter, ("created_at", admin.DateFieldListFilter)]
+    # A run id is matched exactly (see get_search_results), so it is not listed here.
+    search_fields = ["channel__name", "created_by__username"]
+    ordering = ["-created_at"]
+    # One query for the page, not one per row for the channel and the owner.
+    list_select_related = ["channel", "created_by"]
+    # Django counts the whole table for "N total" on every page otherwise; the filtered
+    # count that pagination needs stays.
+    show_full_result_count = False
+    list_per_page = 100
     readonly_fields = [
         "id",
         "channel",
@@ -143,9 +195,35 @@ class RunAdmin(ReadOnlyAdmin):
 
     # -- columns ----------------------------------------------------------------------
 
+    @admin.display(description="Channel", ordering="channel__name")
+    def channel_link(self, obj: Run) -> str:
+        return _admin_link(obj.channel, obj.channel.name)
+
+    @admin.display(description="Owner", ordering="created_by__username")
+    def owner(self, obj: Run) -> str:
+        return "–" if obj.created_by is None else obj.created_by.get_username()
+
+    @admin.display(description="Duration")
+    def duration(self, obj: Run) -> str:
+        if obj.started_at is None:
+            return "–"
+        end = obj.finished_at or timezone.now()
+        return _duration((end - obj.started_at).total_seconds())
+
     @admin.display(description="Tokens")
     def total_tokens(self, obj: Run) -> int:
         return obj.prompt_tokens + obj.completion_tokens
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Run], search_term: str
+    ) -> tuple[QuerySet[Run], bool]:
+        # A pasted run id finds that run by primary key; icontains over a UUID column
+        # would scan the table (and cast it to text on PostgreSQL).
+        try:
+            run_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(pk=run_id), False
 
     @admin.display(description="Est. cost (USD)")
     def estimated_cost(self, obj: Run) -> str:
@@ -285,10 +363,15 @@ class RunAdmin(ReadOnlyAdmin):
 
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
-    list_display = ["channel", "seq", "name", "run", "created_at", "data_preview"]
+    list_display = ["channel", "seq", "name", "run_link", "created_at", "data_preview"]
     list_filter = ["name"]
     search_fields = ["channel__name"]
-    list_select_related = ["channel"]
+    list_select_related = ["channel", "run"]
+    show_full_result_count = False
+
+    @admin.display(description="Run")
+    def run_link(self, obj: Event) -> str:
+        return "–" if obj.run is None else _admin_link(obj.run, obj.run.agent)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # The log is a record: events go with their channel or by retention, never one by one.
