@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.core.paginator import Paginator
+from django.db.models import Max, Min, Q, QuerySet
 from django.http import (
     Http404,
     HttpRequest,
@@ -106,6 +109,113 @@ def _parse_input(text: str, as_json: bool) -> Any:
     if not as_json:
         return text
     return json.loads(text)
+
+
+#: Raw events per page of a run's history (a page is compacted on its own).
+HISTORY_PAGE_SIZE = 500
+
+
+@dataclass
+class HistoryEntry:
+    """One line of a run's compacted history, rendered by the run's change form.
+
+    Every field is plain text or a JSON dump; the template's autoescaping makes model
+    output, tool results and user input inert.
+    """
+
+    kind: str  # message, tool, input, control, lifecycle, event
+    seq: int
+    title: str
+    text: str = ""
+    detail: str = ""
+    result: str = ""
+    status: str = ""
+    user: str = ""
+    last_seq: int = 0
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=1, default=str)
+
+
+def compact_history(events: Iterable[Event], usernames: dict[Any, str]) -> list[HistoryEntry]:
+    """A run's events as an operator reads them: one entry per message and per tool call.
+
+    ``message.delta`` events are joined into their message (the closing
+    ``message.completed``/``message.aborted`` has the full text and the outcome);
+    ``tool.started`` and ``tool.completed`` share an entry; client events say who sent them.
+    """
+    entries: list[HistoryEntry] = []
+    messages_by_id: dict[str, HistoryEntry] = {}
+    tools: dict[str, HistoryEntry] = {}
+    for event in events:
+        data = event.data if isinstance(event.data, dict) else {"value": event.data}
+        name = event.name
+        if name.startswith("message."):
+            message_id = str(data.get("message_id", ""))
+            entry = messages_by_id.get(message_id)
+            if entry is None:
+                entry = HistoryEntry("message", event.seq, "Message", status="streaming")
+                messages_by_id[message_id] = entry
+                entries.append(entry)
+            entry.last_seq = event.seq
+            text = str(data.get("text", ""))
+            if name == "message.delta":
+                entry.text += text
+            else:
+                # The closing event carries the whole text: it wins over the deltas seen
+                # (which may have started on an earlier page).
+                entry.text = text or entry.text
+                entry.status = (
+                    "completed"
+                    if name == "message.completed"
+                    else f"aborted: {data.get('reason', '')}".rstrip(": ")
+                )
+        elif name in ("tool.started", "tool.completed"):
+            call_id = str(data.get("call_id") or f"seq-{event.seq}")
+            entry = tools.get(call_id) if name == "tool.completed" else None
+            if entry is None:
+                entry = HistoryEntry(
+                    "tool",
+                    event.seq,
+                    f"Tool {data.get('name', '')}",
+                    detail=str(data.get("arguments", "")),
+                    status="running",
+                )
+                tools[call_id] = entry
+                entries.append(entry)
+            entry.last_seq = event.seq
+            if name == "tool.completed":
+                entry.result = _dump(data.get("result"))
+                entry.status = "ok" if data.get("ok") else "error"
+        elif name.startswith("client.") or name == "control.supersede":
+            kind = name.split(".", 1)[1]
+            user_id = data.get("user")
+            entries.append(
+                HistoryEntry(
+                    "input" if kind == "input" else "control",
+                    event.seq,
+                    kind.capitalize(),
+                    detail="" if data.get("data") is None else _dump(data.get("data")),
+                    user=usernames.get(user_id, "" if user_id is None else f"user #{user_id}"),
+                )
+            )
+        elif name in ("input.requested", "input.received"):
+            entries.append(
+                HistoryEntry(
+                    "input",
+                    event.seq,
+                    "Input requested" if name == "input.requested" else "Input received",
+                    detail=_dump(
+                        data.get("prompt") if name == "input.requested" else data.get("value")
+                    ),
+                )
+            )
+        elif name.startswith("run."):
+            entries.append(HistoryEntry("lifecycle", event.seq, name, detail=_dump(data)))
+        else:
+            entries.append(HistoryEntry("event", event.seq, name, detail=_dump(data)))
+    return entries
 
 
 class AgentFilter(admin.SimpleListFilter):
@@ -283,6 +393,39 @@ class RunAdmin(ReadOnlyAdmin):
 
     # -- the change page's buttons --------------------------------------------------------
 
+    def _history_context(self, request: HttpRequest, run: Run) -> dict[str, Any]:
+        """The page of the run's history asked for by ``?history=<n>``, and its steps."""
+        # Control frames from WebSocket clients carry no run, so the run's history is its
+        # own events plus the run-less ones of its channel between its first and last.
+        bounds = Event.objects.filter(run=run).aggregate(first=Min("seq"), last=Max("seq"))
+        if bounds["first"] is None:
+            events = Event.objects.none()
+        else:
+            events = Event.objects.filter(
+                Q(run=run) | Q(run__isnull=True),
+                channel_id=run.channel_id,
+                seq__gte=bounds["first"],
+                seq__lte=bounds["last"],
+            ).order_by("seq")
+        page = Paginator(events, HISTORY_PAGE_SIZE).get_page(request.GET.get("history"))
+        rows = list(page.object_list)
+        user_ids: set[int | str] = set()
+        for event in rows:
+            if event.name.startswith("client.") and isinstance(event.data, dict):
+                user_id = event.data.get("user")
+                if isinstance(user_id, int | str):
+                    user_ids.add(user_id)
+        user_model = get_user_model()
+        usernames = {
+            user.pk: user.get_username()
+            for user in user_model._default_manager.filter(pk__in=user_ids)
+        }
+        return {
+            "history": compact_history(rows, usernames),
+            "history_page": page,
+            "steps": list(run.steps.order_by("index")),
+        }
+
     def get_urls(self) -> list[URLPattern]:
         info = self.opts.app_label, self.opts.model_name
         own = [
@@ -358,6 +501,9 @@ class RunAdmin(ReadOnlyAdmin):
             "can_control": self.has_control_permission(request),
             "can_retry": self.has_retry_permission(request),
         }
+        run = self.get_object(request, unquote(object_id))
+        if run is not None:
+            context.update(self._history_context(request, run))
         return super().change_view(request, object_id, form_url, context)
 
 

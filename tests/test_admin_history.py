@@ -1,0 +1,160 @@
+"""A run's page shows its history compacted, escaped and paged."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.urls import reverse
+
+from agent_channels.admin import HISTORY_PAGE_SIZE, compact_history
+from agent_channels.channel.control import send_control
+from agent_channels.channel.log import EventDraft, append
+from agent_channels.models import Channel, Event, Run, RunStatus
+from agent_channels.runtime import start_run
+
+from .helpers import wait_for
+
+XSS = "<script>alert('pwned')</script>"
+
+
+def _run(channel: str) -> Run:
+    row, _ = Channel.objects.get_or_create(name=channel)
+    return Run.objects.create(channel=row, agent="chat", status=RunStatus.RUNNING)
+
+
+def _page(client, run: Run, **params: object) -> str:
+    response = client.get(reverse("admin:agent_channels_run_change", args=[run.pk]), params)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def _events(run: Run, drafts: list[tuple[str, dict]]) -> list[Event]:
+    return append(run.channel.name, [EventDraft(n, d, run.pk) for n, d in drafts])
+
+
+@pytest.mark.django_db
+def test_deltas_become_one_message_and_tool_calls_one_entry():
+    run = _run("hist:compact")
+    events = _events(
+        run,
+        [
+            ("run.started", {"attempt": 1}),
+            ("message.delta", {"message_id": "m1", "text": "Hel"}),
+            ("message.delta", {"message_id": "m1", "text": "lo"}),
+            ("tool.started", {"name": "add", "call_id": "c1", "arguments": '{"a": 1}'}),
+            ("message.delta", {"message_id": "m2", "text": "half"}),
+            (
+                "tool.completed",
+                {"name": "add", "call_id": "c1", "arguments": "", "result": 2, "ok": True},
+            ),
+            ("message.completed", {"message_id": "m1", "text": "Hello"}),
+            ("message.aborted", {"message_id": "m2", "text": "half", "reason": "interrupted"}),
+        ],
+    )
+    entries = compact_history(events, {})
+    assert [(e.kind, e.title) for e in entries] == [
+        ("lifecycle", "run.started"),
+        ("message", "Message"),
+        ("tool", "Tool add"),
+        ("message", "Message"),
+    ]
+    hello, tool, half = entries[1:]
+    assert (hello.text, hello.status, hello.seq, hello.last_seq) == ("Hello", "completed", 2, 7)
+    assert (tool.detail, tool.result, tool.status) == ('{"a": 1}', "2", "ok")
+    assert (half.text, half.status) == ("half", "aborted: interrupted")
+
+
+@pytest.mark.django_db
+def test_the_page_shows_messages_tools_and_who_sent_input_all_escaped(admin_client):
+    operator = User.objects.create_user("operator")
+    run = _run("hist:page")
+    _events(
+        run,
+        [
+            ("run.started", {"attempt": 1}),
+            ("message.delta", {"message_id": "m1", "text": "Look: "}),
+            ("message.delta", {"message_id": "m1", "text": XSS}),
+            ("tool.started", {"name": XSS, "call_id": "c1", "arguments": XSS}),
+            (
+                "tool.completed",
+                {
+                    "name": XSS,
+                    "call_id": "c1",
+                    "arguments": XSS,
+                    "result": {"html": XSS},
+                    "ok": False,
+                },
+            ),
+            ("input.requested", {"prompt": XSS}),
+        ],
+    )
+    send_control(run.channel.name, "input", {"text": XSS}, user=operator, run=run)
+    Run.objects.filter(pk=run.pk).update(agent=XSS)
+    content = _page(admin_client, run)
+    assert XSS not in content
+    assert "Look: &lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in content
+    assert "Tool &lt;script&gt;" in content
+    assert "Input requested" in content
+    assert f"by {operator.username}" in content
+    assert "streaming" in content  # the message never completed
+
+
+@pytest.mark.django_db
+def test_run_less_control_frames_between_the_runs_events_are_part_of_its_history(admin_client):
+    run = _run("hist:ws")
+    _events(run, [("run.started", {"attempt": 1})])
+    # A WebSocket client's interrupt names no run.
+    send_control(run.channel.name, "interrupt", {"why": "ws"})
+    _events(run, [("run.interrupted", {})])
+    content = _page(admin_client, run)
+    assert "Interrupt" in content and "&quot;why&quot;: &quot;ws&quot;" in content
+
+
+@pytest.mark.django_db
+def test_long_histories_are_paged(admin_client):
+    run = _run("hist:long")
+    total = HISTORY_PAGE_SIZE * 2 + 10
+    _events(run, [("custom.tick", {"n": i}) for i in range(total)])
+    first = _page(admin_client, run)
+    assert "page 1 of 3" in first
+    assert "&quot;n&quot;: 0" in first and f"&quot;n&quot;: {HISTORY_PAGE_SIZE}\n" not in first
+    last = _page(admin_client, run, history=3)
+    assert f"&quot;n&quot;: {total - 1}" in last and "&quot;n&quot;: 0\n" not in last
+    # Nonsense page numbers land on a page, not a 500.
+    assert "page 3 of 3" in _page(admin_client, run, history="999")
+    assert "page 1 of 3" in _page(admin_client, run, history="x")
+
+
+@pytest.mark.django_db
+def test_the_step_journal_is_listed(admin_client):
+    run = _run("hist:steps")
+    run.steps.create(index=0, kind="model", name=XSS, status="completed")
+    content = _page(admin_client, run)
+    assert "Step journal" in content and "&lt;script&gt;" in content and XSS not in content
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("inprocess_runtime")
+def test_answering_a_waiting_run_from_the_admin_shows_up_in_its_history(admin_client):
+    """End to end: the approval agent waits, the admin sends "yes", the run completes."""
+    run = start_run("hist:approve", "approval", {"action": "ship it"})
+
+    def waiting() -> bool:
+        run.refresh_from_db()
+        return run.status == RunStatus.WAITING
+
+    wait_for(waiting)
+    admin_client.post(
+        reverse("admin:agent_channels_run_control", args=[run.pk]),
+        {"kind": "input", "input": "yes"},
+    )
+
+    def done() -> bool:
+        run.refresh_from_db()
+        return not run.is_active
+
+    wait_for(done)
+    assert run.status == RunStatus.COMPLETED and run.output["approved"] is True
+    content = _page(admin_client, run)
+    assert "I am about to ship it." in content and "Done: ship it." in content
+    assert "Input received" in content and "by admin" in content
