@@ -84,6 +84,12 @@ DEFAULTS: dict[str, Any] = {
     "OPENAI_API_KEY": None,
     # Seconds without a byte from the model before a model call fails.
     "MODEL_TIMEOUT": 120.0,
+    # The model API of ctx.chat(): "chat_completions" (any OpenAI-compatible server) or
+    # "responses" (OpenAI's Responses API); an agent or a call may choose otherwise.
+    "OPENAI_API": "chat_completions",
+    # Responses API calls in background mode: a run whose worker dies re-attaches to the
+    # response the model goes on generating, instead of paying for it again.
+    "OPENAI_BACKGROUND": False,
     # Model calls one ctx.chat() may make while the model keeps asking for tools.
     "MAX_TOOL_ROUNDS": 10,
     # {"model": [USD per 1M prompt tokens, USD per 1M completion tokens]} for the admin's

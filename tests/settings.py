@@ -114,6 +114,10 @@ AGENT_CHANNELS = {
 CELERY_BROKER_URL_FOR_TESTS = os.environ.get("AGCH_BROKER_URL", "redis://127.0.0.1:6379/6")
 if os.environ.get("AGCH_SEND_BUFFER_BYTES"):
     AGENT_CHANNELS["SEND_BUFFER_BYTES"] = int(os.environ["AGCH_SEND_BUFFER_BYTES"])
+# The model API of the integration tests' workers (tests/test_responses_celery.py).
+if os.environ.get("AGCH_OPENAI_API"):
+    AGENT_CHANNELS["OPENAI_API"] = os.environ["AGCH_OPENAI_API"]
+    AGENT_CHANNELS["OPENAI_BACKGROUND"] = os.environ.get("AGCH_OPENAI_BACKGROUND") == "1"
 
 LOGGING = {
     "version": 1,

@@ -84,4 +84,21 @@ def check_runtime_settings(
                 id="agent_channels.E103",
             )
         )
+    if config["OPENAI_API"] not in ("chat_completions", "responses"):
+        errors.append(
+            Error(
+                f"AGENT_CHANNELS['OPENAI_API'] = {config['OPENAI_API']!r} is not a model API.",
+                hint="Use 'chat_completions' or 'responses'.",
+                id="agent_channels.E104",
+            )
+        )
+    if not isinstance(config["OPENAI_BACKGROUND"], bool):
+        errors.append(
+            Error(
+                f"AGENT_CHANNELS['OPENAI_BACKGROUND'] = {config['OPENAI_BACKGROUND']!r} "
+                "is not a bool.",
+                hint="Use True to run Responses API calls in background mode, False not to.",
+                id="agent_channels.E105",
+            )
+        )
     return errors

@@ -220,7 +220,9 @@ class RunContext:
         if record.completed:
             return record.result
         self.check_control()
-        self.journal.start(record)
+        # A step an earlier attempt started keeps the state it left (a background model
+        # call's response id, say) for ``body`` to take over.
+        self.journal.start(record, record.result)
         result = body(record)
         self.journal.complete(record, result, also=None if also is None else lambda: also(result))
         return result
@@ -234,12 +236,25 @@ class RunContext:
         tools: Iterable[str | Tool | Callable[..., Any]] = (),
         model: str | None = None,
         max_rounds: int | None = None,
+        api: str | None = None,
+        background: bool | None = None,
         **params: Any,
     ) -> ChatResult:
         """Stream a chat completion into the channel, running tool calls until the model
-        answers. Raises :class:`Interrupted` (with ``messages`` so far) on interrupt."""
+        answers. Raises :class:`Interrupted` (with ``messages`` so far) on interrupt.
+
+        ``api`` (``"chat_completions"`` or ``"responses"``) and ``background`` override
+        the agent's ``@agent(api=..., background=...)`` and the ``OPENAI_API`` and
+        ``OPENAI_BACKGROUND`` settings for this call."""
         return calls.chat(
-            self, messages, tools=tools, model=model, max_rounds=max_rounds, params=params
+            self,
+            messages,
+            tools=tools,
+            model=model,
+            max_rounds=max_rounds,
+            api=api,
+            background=background,
+            params=params,
         )
 
     def add_usage(self, model: str, usage: dict[str, Any]) -> None:

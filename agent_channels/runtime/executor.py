@@ -10,7 +10,7 @@ from django.db import close_old_connections
 
 from agent_channels.channel.log import EventDraft, append
 from agent_channels.models import Event, RunStatus
-from agent_channels.runtime import lifecycle
+from agent_channels.runtime import calls, lifecycle
 from agent_channels.runtime.context import RunContext
 from agent_channels.runtime.control import (
     Inbox,
@@ -34,8 +34,11 @@ __all__ = ["execute_run"]
 logger = logging.getLogger(__name__)
 
 
-def _abort_orphaned_messages(run_id: Any, channel: str) -> None:
-    """Mark the messages a dead worker left half-streamed as aborted."""
+def _abort_orphaned_messages(run_id: Any, channel: str, keep: set[str]) -> None:
+    """Mark the messages a dead worker left half-streamed as aborted.
+
+    Except those in ``keep``: background model calls the recovered run takes over.
+    """
     names = ("message.delta", "message.completed", "message.aborted")
     rows = Event.objects.filter(run_id=run_id, name__in=names).values_list("name", "data")
     texts: dict[str, list[str]] = {}
@@ -53,7 +56,7 @@ def _abort_orphaned_messages(run_id: Any, channel: str) -> None:
             run_id,
         )
         for mid, parts in texts.items()
-        if mid not in closed
+        if mid not in closed and mid not in keep
     ]
     if drafts:
         append(channel, drafts)
@@ -78,11 +81,22 @@ def execute_run(run_id: str) -> str:
     inbox = Inbox(channel, run.control_seq)
     register_inbox(inbox)
     ctx: RunContext | None = None
+    taken_over: set[str] = set()
+
+    def release(reason: str) -> None:
+        # Background responses the run ended without taking over would go on costing.
+        if taken_over:
+            try:
+                calls.release_background_calls(run.pk, channel, reason)
+            except Exception:
+                logger.exception("agent_channels: releasing run %s's responses failed", run.pk)
+
     try:
         get_listener().subscribe(channel)
         catch_up(inbox, run.channel_id)
         if recovering:
-            _abort_orphaned_messages(run.pk, channel)
+            taken_over = calls.resumable_message_ids(run.pk)
+            _abort_orphaned_messages(run.pk, channel, taken_over)
         agent = get_agent(run.agent)
         ctx = RunContext(run, channel, inbox, run.attempts)
         get_monitor().watch(ctx)
@@ -92,17 +106,21 @@ def execute_run(run_id: str) -> str:
             json.dumps(output)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"The agent returned output that is not JSON: {exc}") from None
+        release("abandoned")
         lifecycle.finish(run.pk, RunStatus.COMPLETED, {"output": output})
         return "completed"
     except Suspended:
         return "waiting"
     except Cancelled as exc:
+        release("cancelled")
         lifecycle.finish(run.pk, RunStatus.CANCELLED, {"data": exc.data})
         return "cancelled"
     except Superseded as exc:
+        release("cancelled")
         lifecycle.finish(run.pk, RunStatus.INTERRUPTED, {"reason": "superseded", "by": exc.by})
         return "interrupted"
     except Interrupted as exc:
+        release("interrupted")
         lifecycle.finish(
             run.pk,
             RunStatus.INTERRUPTED,
@@ -111,6 +129,7 @@ def execute_run(run_id: str) -> str:
         return "interrupted"
     except TimeLimitExceeded:
         limit = ctx.deadline if ctx is not None else None
+        release("time_limit")
         lifecycle.finish(
             run.pk,
             RunStatus.FAILED,
@@ -119,6 +138,7 @@ def execute_run(run_id: str) -> str:
         return "failed"
     except Exception as exc:
         logger.exception("agent_channels: run %s (%s) failed", run.pk, run.agent)
+        release("error")
         lifecycle.finish(run.pk, RunStatus.FAILED, {"error": f"{type(exc).__name__}: {exc}"})
         return "failed"
     finally:
