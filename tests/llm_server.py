@@ -249,7 +249,9 @@ class ResponsesAPI:
     ``tokens_generated`` (text tokens produced: what a caller pays) and
     ``tokens_streamed`` (text tokens written to clients, re-sent ones included).
     ``expire(id)`` forgets a response (the API then answers 404, as after its retention);
-    ``fail_after = N`` makes new responses fail after N text tokens.
+    ``fail_after = N`` makes new responses fail after N text tokens; ``drop_after = N``
+    makes the next creating stream drop its connection after N text tokens (a network
+    failure: the response itself goes on).
     """
 
     def __init__(self, server: LLMServer) -> None:
@@ -263,6 +265,7 @@ class ResponsesAPI:
         self.tokens_generated = 0
         self.tokens_streamed = 0
         self.fail_after: int | None = None
+        self.drop_after: int | None = None
         self.reasoning_summary = ["Thinking", " it", " over."]
 
     def reset(self) -> None:
@@ -277,6 +280,7 @@ class ResponsesAPI:
             self.cancels.clear()
             self.tokens_generated = self.tokens_streamed = 0
         self.fail_after = None
+        self.drop_after = None
 
     def expire(self, response_id: str) -> None:
         with self.lock:
@@ -331,7 +335,8 @@ class ResponsesAPI:
             self.created.append(body)
         threading.Thread(target=self.generate, args=(response,), daemon=True).start()
         if body.get("stream"):
-            self.stream(handler, response, -1)
+            drop, self.drop_after = self.drop_after, None
+            self.stream(handler, response, -1, drop)
             return
         if not response.background:
             with response.cond:
@@ -357,8 +362,17 @@ class ResponsesAPI:
             response.cond.notify_all()
         _send_json(handler, 200, response.snapshot())
 
-    def stream(self, handler: BaseHTTPRequestHandler, response: StoredResponse, after: int) -> None:
-        """Send the events after sequence number ``after``, live until the response ends."""
+    def stream(
+        self,
+        handler: BaseHTTPRequestHandler,
+        response: StoredResponse,
+        after: int,
+        drop_after: int | None = None,
+    ) -> None:
+        """Send the events after sequence number ``after``, live until the response ends.
+
+        With ``drop_after``, the connection is closed mid-body after that many text tokens.
+        """
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
         handler.send_header("Transfer-Encoding", "chunked")
@@ -378,6 +392,11 @@ class ResponsesAPI:
                     if event["type"] == "response.output_text.delta":
                         with self.lock:
                             self.tokens_streamed += 1
+                        if drop_after is not None:
+                            drop_after -= 1
+                            if drop_after <= 0:
+                                handler.close_connection = True
+                                return
                 position += len(batch)
                 if ended and position >= len(response.events):
                     break

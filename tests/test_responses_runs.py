@@ -336,3 +336,19 @@ def test_a_background_call_journals_its_position_per_second_not_per_token(
     published = "".join(message_texts("r-cheap").values())
     assert all(len(published) >= s.get("chars", 0) for s in states)
     assert [s.get("seq", -1) for s in states] == sorted(s.get("seq", -1) for s in states)
+
+
+def test_a_dropped_connection_re_attaches_to_the_background_response(llm, on_responses):
+    on_responses(True)
+    llm.reply_tokens, llm.delay = 50, 0.005
+    llm.responses_api.drop_after = 10  # the network fails; the model does not
+    run = finished(start_run("r-drop", "chat", {"prompt": "hi"}))
+    assert run.status == RunStatus.COMPLETED, run.error
+    full = "".join(f"w{i} " for i in range(50))
+    assert run.output == {"text": full}
+    api = llm.responses_api
+    assert len(api.created) == 1 and len(api.resumed) == 1 and api.resumed[0] is not None
+    assert api.tokens_generated == 50
+    assert not events("r-drop", "message.aborted")
+    [completed] = events("r-drop", "message.completed")
+    assert message_texts("r-drop") == {completed.data["message_id"]: full}

@@ -236,6 +236,9 @@ def _stream_model(
 # already published is read back from the channel and the re-sent part of it is
 # skipped, so the deltas still concatenate to the final text however stale the row was.
 
+#: Times a background call re-attaches after its HTTP stream broke (not a timeout).
+RECONNECTS = 3
+
 #: A background call's journal row is rewritten at most this often (and never more often
 #: than the coalescing window): a resume then re-reads at most this much of the stream.
 SAVE_SECONDS = 1.0
@@ -341,6 +344,9 @@ class ResponsesCall:
         self.closed_before = False
         self.next_save = 0.0
         self.handle = llm.AbortHandle()
+        self.response_id: str | None = None  # as far as this attempt got
+        self.last_seq: int | None = None
+        self.reconnects = 0
 
     # -- the call ----------------------------------------------------------------------
 
@@ -432,7 +438,7 @@ class ResponsesCall:
         try:
             if ctx.inbox.pending:
                 handle.abort()
-            result = call()
+            result = self._follow(call)
         except llm.StreamAborted as aborted:
             partial: responses.ResponseResult = aborted.args[0]
             self._cancel(partial.response_id)
@@ -459,7 +465,7 @@ class ResponsesCall:
                 self._close("response_lost")
             raise
         except BaseException:
-            self._cancel(self.state.get("response_id"))
+            self._cancel(self.response_id)
             self._close("error")
             raise
         finally:
@@ -470,6 +476,40 @@ class ResponsesCall:
         data = result.to_json()
         data["content"] = self.text
         return data
+
+    def _follow(self, call: Callable[[], responses.ResponseResult]) -> responses.ResponseResult:
+        """``call()``; when the connection breaks, re-attach to a background response."""
+        import openai
+
+        while True:
+            try:
+                return call()
+            except openai.APITimeoutError:
+                raise  # MODEL_TIMEOUT without a byte: the call fails, as documented
+            except openai.APIConnectionError as exc:
+                response_id, after = self.response_id, self.last_seq
+                if not self.background or response_id is None or self.handle.aborted:
+                    raise
+                if self.reconnects >= RECONNECTS:
+                    raise
+                self.reconnects += 1
+                logger.warning(
+                    "agent_channels: run %s lost response %s's stream (%s); re-attaching "
+                    "after event %s",
+                    self.ctx.run_id,
+                    response_id,
+                    exc,
+                    after,
+                )
+
+                def call(response_id: str = response_id, after: int | None = after) -> Any:
+                    return responses.resume(
+                        response_id,
+                        after,
+                        on_text=self._on_text,
+                        handle=self.handle,
+                        on_event=self._on_event,
+                    )
 
     def _cancel(self, response_id: Any) -> None:
         # Closing the stream does not stop a background response: only a cancel does.
@@ -515,6 +555,8 @@ class ResponsesCall:
             self._open().write(delta)
 
     def _on_event(self, result: responses.ResponseResult) -> None:
+        self.response_id = result.response_id or self.response_id
+        self.last_seq = result.sequence_number
         if not self.background or result.sequence_number is None:
             return
         now = time.monotonic()
