@@ -105,6 +105,8 @@ def test_a_worker_killed_mid_answer_costs_no_token_twice_in_background_mode(
         wasted = responses.tokens_generated - (1 + ANSWER)
         assert wasted == 0, f"{wasted} tokens were generated twice"
         assert "message.aborted" not in [f["event"] for f in frames]
+        resent = responses.tokens_streamed - responses.tokens_generated
+        print(f"\nresponses: the resumed stream re-sent {resent} tokens (free: no generation)")
         assert names(channel, "tool.") == ["tool.started", "tool.completed"]
     else:
         assert llm.count == 4, "the cut call was requested again"
