@@ -352,3 +352,14 @@ def test_a_dropped_connection_re_attaches_to_the_background_response(llm, on_res
     assert not events("r-drop", "message.aborted")
     [completed] = events("r-drop", "message.completed")
     assert message_texts("r-drop") == {completed.data["message_id"]: full}
+
+
+def test_a_background_call_is_taken_over_even_if_the_api_setting_changed_meanwhile(llm):
+    llm.reply_tokens, llm.delay = 30, 0.005
+    crash = crashed_run(llm, "r-switch", cut_after=5)  # OPENAI_API is chat_completions now
+    assert execute_run(str(crash["run"].pk)) == "completed"
+    assert llm.count == 0, "no chat completion: the stored response was taken over"
+    assert len(llm.responses_api.created) == 1 and len(llm.responses_api.resumed) == 1
+    [completed] = events("r-switch", "message.completed")
+    assert completed.data["message_id"] == crash["state"]["message_id"]
+    assert completed.data["text"] == "".join(f"w{i} " for i in range(30))

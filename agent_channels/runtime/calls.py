@@ -289,10 +289,9 @@ def resumable_message_ids(run_id: Any) -> set[str]:
 def release_background_calls(run_id: Any, channel: str, reason: str) -> int:
     """Cancel the background responses of a run that ends without taking them over.
 
-    A restarted run does so when it is cancelled (or fails, or moves on after an
-    interrupt) before it reaches the model call again.
-    Their messages are closed as aborted with the text published so far. Returns how
-    many responses were released.
+    That happens when a restarted run is cancelled (or fails, or moves on after an
+    interrupt) before it reaches the model call again. Their messages are closed as
+    aborted with the text published so far. Returns how many responses were released.
     """
     states = _background_states(run_id)
     for state in states:
@@ -309,7 +308,10 @@ def _abort_published(run_id: Any, channel: str, message_id: str, reason: str) ->
 
 
 class ResponsesCall:
-    """One model call on the Responses API (see the module docstring)."""
+    """One model call on the Responses API, maybe taking over an earlier attempt's.
+
+    See the comment at the top of this section for what background mode journals.
+    """
 
     message_id: str
     state: dict[str, Any]
@@ -319,9 +321,11 @@ class ResponsesCall:
         self.ctx = ctx
         self.record = record
         self.model = model
-        self.background = background
         #: What an earlier attempt journaled, when this call takes a background response over.
         self.taken_over: dict[str, Any] | None = record.result if _taken_over(record) else None
+        self.chosen_background = background
+        # A taken-over response is a background one, whatever this attempt would choose.
+        self.background = background or self.taken_over is not None
         self._fresh()
         if self.taken_over is not None:
             self.message_id = str(self.taken_over.get("message_id") or self.message_id)
@@ -391,6 +395,7 @@ class ResponsesCall:
             after, self.total = None, 0
         self.prefix = published
         self.skip = len(published) - self.total
+        self.response_id, self.last_seq = response_id, after
         logger.info(
             "agent_channels: run %s takes over response %s after event %s",
             self.ctx.run_id,
@@ -422,6 +427,7 @@ class ResponsesCall:
         append(ctx.channel, [EventDraft("model.fallback", data, ctx.run_id)])
         logger.warning("agent_channels: run %s: %s; asking the model again", ctx.run_id, exc)
         self.taken_over = None
+        self.background = self.chosen_background
         self._fresh()
         self.ctx.journal.start(self.record, None)  # no response to take over any more
 
