@@ -118,6 +118,10 @@ def test_reasoning_summaries_reach_the_result(llm, on_responses):
     run = finished(start_run("r-reason", "r-reason"))
     assert run.status == RunStatus.COMPLETED, run.error
     assert run.output == "Thinking it over."
+    [reasoning] = events("r-reason", "model.reasoning")
+    [completed] = events("r-reason", "message.completed")
+    assert reasoning.data == {"message_id": completed.data["message_id"],
+                              "text": "Thinking it over."}
 
 
 def test_interrupt_cancels_the_background_response_and_keeps_the_partial_text(llm, on_responses):

@@ -477,6 +477,10 @@ class ResponsesCall:
         finally:
             remove()
             ctx.abort_handles.remove(handle)
+        if result.reasoning:
+            # Summaries come whole with the final response, so one event, not deltas.
+            data = {"message_id": self.message_id, "text": result.reasoning}
+            append(ctx.channel, [EventDraft("model.reasoning", data, ctx.run_id)])
         if self.text or not result.tool_calls:
             self._close(None)
         data = result.to_json()
