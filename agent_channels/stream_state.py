@@ -221,7 +221,10 @@ def compact(
             call = tools.get(call_id)
             if call is None:
                 call = tools[call_id] = ToolCall(
-                    call_id, seq, as_text(data.get("name", "tool")), as_text(data.get("arguments", ""))
+                    call_id,
+                    seq,
+                    as_text(data.get("name", "tool")),
+                    as_text(data.get("arguments", "")),
                 )
                 items.append(call)
             if event == "tool.completed":

@@ -30,17 +30,24 @@ def staff(django_user_model):
 
 
 def conversation(channel: str) -> None:
-    append(channel, [
-        EventDraft("run.queued", {"agent": "helper"}),
-        EventDraft("run.started", {"attempt": 1}),
-        EventDraft("message.delta", {"message_id": "m1", "text": "Hello "}),
-        EventDraft("message.delta", {"message_id": "m1", "text": "world"}),
-        EventDraft("tool.started", {"name": "calculator", "call_id": "c1", "arguments": '{"x": 1}'}),
-        EventDraft("tool.completed", {"name": "calculator", "call_id": "c1", "arguments": "",
-                                      "result": 391, "ok": True}),
-        EventDraft("input.requested", {"prompt": "Deploy?", "choices": ["yes", "no"]}),
-        EventDraft("run.waiting", {"prompt": "Deploy?"}),
-    ])
+    append(
+        channel,
+        [
+            EventDraft("run.queued", {"agent": "helper"}),
+            EventDraft("run.started", {"attempt": 1}),
+            EventDraft("message.delta", {"message_id": "m1", "text": "Hello "}),
+            EventDraft("message.delta", {"message_id": "m1", "text": "world"}),
+            EventDraft(
+                "tool.started", {"name": "calculator", "call_id": "c1", "arguments": '{"x": 1}'}
+            ),
+            EventDraft(
+                "tool.completed",
+                {"name": "calculator", "call_id": "c1", "arguments": "", "result": 391, "ok": True},
+            ),
+            EventDraft("input.requested", {"prompt": "Deploy?", "choices": ["yes", "no"]}),
+            EventDraft("run.waiting", {"prompt": "Deploy?"}),
+        ],
+    )
 
 
 def test_the_state_compacts_deltas_tools_requests_and_status():
@@ -52,7 +59,11 @@ def test_the_state_compacts_deltas_tools_requests_and_status():
     message, tool, request = state.items[1], state.items[2], state.items[3]
     assert message.text == "Hello world" and message.status == "streaming"
     assert (tool.name, tool.arguments, tool.result, tool.status) == (
-        "calculator", '{"x": 1}', "391", "done")
+        "calculator",
+        '{"x": 1}',
+        "391",
+        "done",
+    )
     assert request.pending and request.choices == ["yes", "no"]
     publish("state", "client.input", {"data": {"text": "yes"}, "id": None, "user": None})
     publish("state", "input.received", {"value": {"text": "yes"}, "seq": 9})
@@ -135,8 +146,13 @@ def test_rendering_a_long_channel_takes_a_bounded_number_of_queries(
     staff, django_assert_max_num_queries
 ):
     for start in range(0, 5000, 500):
-        append("long", [EventDraft("message.delta", {"message_id": str(i // 50), "text": "x"})
-                        for i in range(start, start + 500)])
+        append(
+            "long",
+            [
+                EventDraft("message.delta", {"message_id": str(i // 50), "text": "x"})
+                for i in range(start, start + 500)
+            ],
+        )
     # The access policy (staff: no query), the channel row, the events streamed in chunks:
     # the same few queries for 5,000 events as for 5.
     with django_assert_max_num_queries(4):
