@@ -1,4 +1,4 @@
-"""The example channel page in a real Chromium against a real daphne.
+"""The example channel page, built from {% agent_channel %}, in a real Chromium against real daphne.
 
 Needs Debian's chromium (``apt-get install chromium``) and the playwright package; the
 test skips with the reason when either is missing. Playwright never downloads a browser.
@@ -15,7 +15,7 @@ from django.test import Client
 
 from agent_channels import publish
 
-from .procs import Daphne
+from .procs import ROOT, Daphne, run_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -25,6 +25,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync"]
 TOKENS = 200
 EXPECTED = "".join(f"tok{i} " for i in range(TOKENS))
+ASSISTANT = "agent-channel .agch-message--assistant .agch-bubble"
+SCREENSHOT = ROOT / "docs" / "_static" / "example-channel.png"
 
 
 @pytest.fixture
@@ -55,57 +57,93 @@ def session_id(django_user_model):
     return client.cookies["sessionid"].value
 
 
-def logged_in_page(browser, server, session_id):
-    context = browser.new_context()
+def logged_in_page(browser, server, session_id, **context_options):
+    context = browser.new_context(**context_options)
     context.add_cookies([{"name": "sessionid", "value": session_id,
                           "url": f"http://127.0.0.1:{server.port}"}])
     return context.new_page()
 
 
-def open_channel(page, server, channel):
-    page.goto(f"http://127.0.0.1:{server.port}/c/{quote(channel, safe='')}/")
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('live')",
-                           timeout=15_000)
+def channel_url(server, channel):
+    return f"http://127.0.0.1:{server.port}/c/{quote(channel, safe='')}/"
 
 
-def test_a_run_streams_into_the_page_and_survives_a_dropped_connection(session_id, server,
-                                                                      browser):
+def wait_live(page):
+    page.wait_for_selector("agent-channel .agch-connection[data-state=live]", timeout=15_000)
+
+
+def assistant_text(page):
+    return page.locator(ASSISTANT).all_text_contents()
+
+
+def start_run(page, agent, run_input):
+    page.select_option("#agent", agent)
+    page.fill("#run-input", run_input)
+    page.click("text=Start run")  # a plain form POST; the page comes back with the tag
+
+
+def test_tokens_stream_live_and_a_reload_mid_stream_resumes_exactly(session_id, server,
+                                                                   browser):
     page = logged_in_page(browser, server, session_id)
-    open_channel(page, server, "browser:demo/1")
-    page.evaluate(
-        "(tokens) => document.querySelector('[data-start]').dataset.start ="
-        " JSON.stringify({agent: 'demo', input: {tokens, interval_ms: 15}})",
-        TOKENS,
-    )
-    page.click("text=Start demo run")
-    page.wait_for_function("(document.querySelector('.msg') || {textContent: ''})"
-                           ".textContent.length > 200", timeout=20_000)
-    page.click("#drop")  # mid-stream: the page must resume from its last seq
-    page.wait_for_selector("text=run.completed", timeout=30_000)
-    message = page.locator(".msg")
-    assert message.count() == 1
-    assert message.text_content() == EXPECTED
-    assert "repaired" not in (message.get_attribute("class") or ""), \
-        "the streamed deltas must add up to the final text without the completed event's help"
-    seqs = [int(line.split()[0][1:]) for line in page.locator(".event").all_text_contents()]
-    assert seqs == sorted(set(seqs)), "event lines must be in seq order, each once"
-
-
-HOSTILE = '<img src=x onerror="document.title=\'pwned\'"><b>bold</b>'
+    page.goto(channel_url(server, "browser:demo/1"))
+    start_run(page, "demo", f'{{"tokens": {TOKENS}, "interval_ms": 15}}')
+    wait_live(page)
+    page.wait_for_function(f"(document.querySelector('{ASSISTANT}') || {{}}).textContent"
+                           "?.length > 150", timeout=20_000)
+    seen_live = page.locator(ASSISTANT).text_content()
+    assert 0 < len(seen_live) < len(EXPECTED), "the first tokens arrive while the run goes on"
+    page.reload()  # mid-stream: the server renders what is there, the client continues
+    wait_live(page)
+    page.evaluate("document.querySelector('agent-channel').controller.reconnect()")  # a drop
+    page.wait_for_selector("agent-channel .agch-run-status[data-status=completed]",
+                           timeout=30_000)
+    page.wait_for_selector("agent-channel .agch-message--assistant:not(.agch-message--streaming)")
+    assert assistant_text(page) == [EXPECTED]
+    assert page.locator(".agch-message--repaired").count() == 0, \
+        "the rendered text plus the streamed deltas must add up without the final event's help"
 
 
 @pytest.fixture
-def hostile_channel():
-    publish("browser:xss", "custom.output", {"html": HOSTILE})
-    publish("browser:xss", "message.delta", {"message_id": "m", "text": HOSTILE})
+def nojs_channel():
+    publish("browser:nojs", "message.delta", {"message_id": "m", "text": "Rendered by Django."})
+    publish("browser:nojs", "tool.completed", {"name": "calculator", "call_id": "c",
+                                               "arguments": "17*23", "result": 391, "ok": True})
 
 
-def test_model_output_is_shown_as_text_never_as_markup(session_id, hostile_channel, server,
-                                                      browser):
-    hostile = HOSTILE
+def test_the_page_reads_without_javascript(session_id, nojs_channel, server, browser):
+    page = logged_in_page(browser, server, session_id, java_script_enabled=False)
+    page.goto(channel_url(server, "browser:nojs"))
+    assert assistant_text(page) == ["Rendered by Django."]
+    assert page.locator(".agch-tool-result").text_content() == "391"
+    assert page.locator(".agch-connection").text_content() == "offline"
+
+
+HOSTILE = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>'
+
+
+@pytest.fixture
+def xss_channel():
+    publish("browser:xss", "message.delta", {"message_id": "old", "text": HOSTILE})
+
+
+def test_hostile_model_output_and_user_input_render_as_text(session_id, xss_channel, server,
+                                                            browser):
     page = logged_in_page(browser, server, session_id)
-    open_channel(page, server, "browser:xss")
-    page.wait_for_selector(".msg", timeout=10_000)
-    assert page.locator("#log img").count() == 0 and page.locator("#log b").count() == 0
-    assert page.locator(".msg").text_content() == hostile
+    page.goto(channel_url(server, "browser:xss"))
+    wait_live(page)
+    # The same text live, rendered by the client this time: from another process...
+    published = run_python(
+        "import django; django.setup(); from agent_channels import publish; "
+        f"publish('browser:xss', 'message.delta', {{'message_id': 'new', 'text': {HOSTILE!r}}})"
+    )
+    assert published.returncode == 0, published.stderr
+    # ...and typed by the user, sent as an input frame and echoed back as client.input.
+    page.fill("agent-channel .agch-controls input[name=text]", HOSTILE)
+    page.press("agent-channel .agch-controls input[name=text]", "Enter")
+    page.wait_for_function("document.querySelectorAll('agent-channel .agch-bubble').length >= 3",
+                           timeout=15_000)
+    assert page.locator("agent-channel img").count() == 0
+    assert page.locator("agent-channel script").count() == 0
+    assert page.locator("agent-channel .agch-bubble").all_text_contents() == [HOSTILE] * 3
+    assert page.locator("agent-channel .agch-message--user").count() == 1
     assert page.title() != "pwned"

@@ -384,6 +384,8 @@
       cancel: (data) => control("cancel", data),
       /** POST runs/: resolves with {id, status}; rejects with {code, message}. */
       startRun: (agent, input, options = {}) => post(`${apiBase}runs/`, { agent, input, ...options }),
+      /** Drops the socket; the client reconnects from lastSeq as after any network failure. */
+      reconnect() { if (socket) socket.close(4000); },
       close() {
         closed = true;
         clearTimeout(retryTimer);
@@ -445,6 +447,7 @@
     interrupt(data) { return this.controller.interrupt(data); }
     cancel(data) { return this.controller.cancel(data); }
     startRun(agent, input, options) { return this.controller.startRun(agent, input, options); }
+    reconnect() { return this.controller.reconnect(); }
     get lastSeq() { return this.controller ? this.controller.lastSeq : null; }
   }
 
