@@ -103,6 +103,20 @@ def test_tokens_stream_live_and_a_reload_mid_stream_resumes_exactly(session_id, 
         "the rendered text plus the streamed deltas must add up without the final event's help"
 
 
+def test_a_question_is_answered_from_the_page(session_id, server, browser):
+    page = logged_in_page(browser, server, session_id)
+    page.goto(channel_url(server, "browser:approval"))
+    start_run(page, "approval", '{"action": "ship it"}')
+    wait_live(page)
+    page.click("agent-channel .agch-input-request--pending button:text('yes')", timeout=20_000)
+    page.wait_for_selector("agent-channel .agch-run-status[data-status=completed]",
+                           timeout=20_000)
+    assert assistant_text(page) == ["I am about to ship it.", "Done: ship it."]
+    assert page.locator("agent-channel .agch-message--user .agch-bubble").text_content() == "yes"
+    assert page.locator("agent-channel .agch-input-request--answered").count() == 1
+    assert page.locator("agent-channel [data-agch-action=cancel]").is_disabled()
+
+
 @pytest.fixture
 def nojs_channel():
     publish("browser:nojs", "message.delta", {"message_id": "m", "text": "Rendered by Django."})
@@ -147,3 +161,37 @@ def test_hostile_model_output_and_user_input_render_as_text(session_id, xss_chan
     assert page.locator("agent-channel .agch-bubble").all_text_contents() == [HOSTILE] * 3
     assert page.locator("agent-channel .agch-message--user").count() == 1
     assert page.title() != "pwned"
+
+
+@pytest.fixture
+def showcase_channel(django_user_model):
+    """A conversation with every kind of item, for the screenshot in docs/templatetags.rst."""
+    from agent_channels.log import EventDraft, append
+
+    answer = "17 × 23 = 391. Shall I add it to the invoice?"
+    append("showcase", [
+        EventDraft("run.queued", {"agent": "chat"}),
+        EventDraft("client.input", {"data": {"text": "What is 17 * 23? Use the calculator."}}),
+        EventDraft("run.started", {"attempt": 1}),
+        EventDraft("tool.started", {"name": "calculator", "call_id": "call_1",
+                                    "arguments": '{"expression": "17 * 23"}'}),
+        EventDraft("tool.completed", {"name": "calculator", "call_id": "call_1",
+                                      "arguments": "", "result": 391, "ok": True}),
+        EventDraft("message.delta", {"message_id": "m1", "text": answer[:20]}),
+        EventDraft("message.delta", {"message_id": "m1", "text": answer[20:]}),
+        EventDraft("message.completed", {"message_id": "m1", "text": answer}),
+        EventDraft("input.requested", {"prompt": "Add 391 to invoice #42?",
+                                       "choices": ["yes", "no"]}),
+        EventDraft("run.waiting", {"prompt": "Add 391 to invoice #42?"}),
+    ])
+
+
+def test_screenshot_of_the_example_channel_page(session_id, showcase_channel, server, browser):
+    page = logged_in_page(browser, server, session_id,
+                          viewport={"width": 900, "height": 860}, device_scale_factor=1)
+    page.goto(channel_url(server, "showcase"))
+    wait_live(page)
+    assert page.locator("agent-channel .agch-choice").count() == 2
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 10_000

@@ -58,7 +58,9 @@ def new_channel(request: HttpRequest) -> HttpResponse:
 
 
 def _agents() -> list[dict[str, str]]:
-    return [{"name": name, "example": EXAMPLE_INPUTS.get(name, "")} for name in agent_names()]
+    # The agents with an example input first: "demo" needs nothing else to run.
+    names = sorted(agent_names(), key=lambda name: (name not in EXAMPLE_INPUTS, name != "demo"))
+    return [{"name": name, "example": EXAMPLE_INPUTS.get(name, "")} for name in names]
 
 
 @login_required
