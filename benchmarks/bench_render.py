@@ -23,7 +23,7 @@ CHANNEL = "bench:render"
 
 
 def fill(events: int) -> None:
-    from agent_channels.log import EventDraft, append
+    from agent_channels.channel.log import EventDraft, append
 
     drafts: list[EventDraft] = []
     run = 0

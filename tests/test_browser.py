@@ -166,7 +166,7 @@ def test_hostile_model_output_and_user_input_render_as_text(session_id, xss_chan
 @pytest.fixture
 def showcase_channel(django_user_model):
     """A conversation with every kind of item, for the screenshot in docs/templatetags.rst."""
-    from agent_channels.log import EventDraft, append
+    from agent_channels.channel.log import EventDraft, append
 
     answer = "17 × 23 = 391. Shall I add it to the invoice?"
     append("showcase", [
