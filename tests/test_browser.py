@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from urllib.parse import quote
 
 import pytest
+from django.conf import settings
 from django.test import Client
 
 from agent_channels import publish
 
-from .procs import ROOT, Daphne, run_python
+from . import procs
+from .procs import ROOT, CeleryWorker, Daphne, run_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -115,6 +118,57 @@ def test_a_question_is_answered_from_the_page(session_id, server, browser):
     assert page.locator("agent-channel .agch-message--user .agch-bubble").text_content() == "yes"
     assert page.locator("agent-channel .agch-input-request--answered").count() == 1
     assert page.locator("agent-channel [data-agch-action=cancel]").is_disabled()
+
+
+def test_interrupt_from_the_page_stops_the_run(session_id, server, browser):
+    page = logged_in_page(browser, server, session_id)
+    page.goto(channel_url(server, "browser:interrupt"))
+    start_run(page, "demo", '{"tokens": 2000, "interval_ms": 20}')
+    wait_live(page)
+    page.wait_for_function(f"(document.querySelector('{ASSISTANT}') || {{}}).textContent"
+                           "?.length > 20", timeout=20_000)
+    page.click("agent-channel [data-agch-action=interrupt]")
+    page.wait_for_selector("agent-channel .agch-run-status[data-status=interrupted]",
+                           timeout=20_000)
+    assert page.locator("agent-channel .agch-status--client-interrupt").count() == 1
+    assert page.locator("agent-channel .agch-message--aborted").count() == 1
+    assert len(page.locator(ASSISTANT).text_content()) < len("tok0 ") * 2000
+
+
+@pytest.fixture
+def celery_queue():
+    if settings.DB_KIND != "postgres" or settings.LAYER_KIND != "redis":
+        pytest.skip("a Celery worker and a second daphne need PostgreSQL and Redis")
+    name = f"agch-{uuid.uuid4().hex[:8]}"
+    worker = CeleryWorker(name)
+    yield name
+    worker.stop()
+
+
+def test_the_page_recovers_when_daphne_restarts_mid_stream(session_id, celery_queue, browser,
+                                                          monkeypatch):
+    env = {"AGCH_RUN_BACKEND": "celery", "AGCH_CELERY_QUEUE": celery_queue}
+    server = Daphne(**env)
+    try:
+        page = logged_in_page(browser, server, session_id)
+        page.goto(channel_url(server, "browser:restart"))
+        start_run(page, "demo", '{"tokens": 300, "interval_ms": 20}')
+        wait_live(page)
+        page.wait_for_function(f"(document.querySelector('{ASSISTANT}') || {{}}).textContent"
+                               "?.length > 100", timeout=20_000)
+        server.stop()  # the run goes on in the Celery worker
+        page.wait_for_selector("agent-channel .agch-connection[data-state=reconnecting]",
+                               timeout=10_000)
+        monkeypatch.setattr(procs, "free_port", lambda: server.port)
+        server = Daphne(**env)  # the same address, a new process
+        page.wait_for_selector("agent-channel .agch-run-status[data-status=completed]",
+                               timeout=60_000)
+        page.wait_for_selector("agent-channel .agch-connection[data-state=live]")
+        expected = "".join(f"tok{i} " for i in range(300))
+        assert assistant_text(page) == [expected]
+        assert page.locator(".agch-message--repaired").count() == 0
+    finally:
+        server.stop()
 
 
 @pytest.fixture
