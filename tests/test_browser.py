@@ -246,6 +246,8 @@ def test_screenshot_of_the_example_channel_page(session_id, showcase_channel, se
     page.goto(channel_url(server, "showcase"))
     wait_live(page)
     assert page.locator("agent-channel .agch-choice").count() == 2
+    page.wait_for_selector("agent-channel .agch-presence[data-count='1']")
+    assert page.locator("agent-channel .agch-presence").text_content() == "1 watching: browser"
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000

@@ -105,6 +105,8 @@
     const header = root.querySelector(".agch-header") || root.insertBefore(el("div", "agch-header"), log);
     const runStatus = header.querySelector(".agch-run-status")
       || header.appendChild(el("span", "agch-run-status"));
+    const presence = header.querySelector(".agch-presence")
+      || header.insertBefore(el("span", "agch-presence"), header.querySelector(".agch-connection"));
     const connection = header.querySelector(".agch-connection")
       || header.appendChild(el("span", "agch-connection"));
     let raw = null;
@@ -301,6 +303,11 @@
         pending.delete(frame.id);
         if (waiter) frame.type === "ack" ? waiter.resolve(frame) : waiter.reject(frame);
         if (frame.type === "error") emit("error", frame);
+      } else if (frame.type === "presence") {
+        const names = Array.isArray(frame.users) ? frame.users : [];
+        presence.dataset.count = String(frame.count);
+        presence.textContent = `${frame.count} watching${names.length ? `: ${names.join(", ")}` : ""}`;
+        emit("presence", frame);
       } else if (frame.type === "error") {
         emit("error", frame);
       }
@@ -311,7 +318,7 @@
       retryTimer = null;
       if (closed) return;
       setState(attempt ? STATES.reconnecting : STATES.connecting, attempt ? "reconnecting" : "connecting");
-      const url = lastSeq === null ? socketUrl : `${socketUrl}?since=${lastSeq}`;
+      const url = `${socketUrl}?presence=1${lastSeq === null ? "" : `&since=${lastSeq}`}`;
       const ws = new WebSocket(url);
       socket = ws;
       ws.onmessage = (message) => {
