@@ -9,7 +9,7 @@ from django.test import RequestFactory, override_settings
 
 from agent_channels import publish
 from agent_channels.channel.log import EventDraft, append
-from agent_channels.stream_state import compact, load_state
+from agent_channels.channel.state import compact, load_state
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from agent_channels.access import get_access_policy
 from agent_channels.channel.names import InvalidChannelName, validate_name
-from agent_channels.stream_state import CATEGORIES, ChannelState, load_state
+from agent_channels.channel.state import CATEGORIES, ChannelState, load_state
 
 __all__ = ["agent_channel", "agent_channel_assets"]
 
