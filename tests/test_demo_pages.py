@@ -110,3 +110,11 @@ def test_bare_daphne_serves_the_client_script_of_the_example_project(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_staff_see_admin_links_on_the_index(admin_client):
+    publish("linked", "tick")
+    channel = Channel.objects.get(name="linked")
+    body = admin_client.get("/").content.decode()
+    assert f'href="/admin/agent_channels/channel/{channel.pk}/change/"' in body
+    assert 'href="/admin/"' in body

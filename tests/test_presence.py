@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 import websockets
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async as sync_to_async
 from django.test import Client
 from django.utils import timezone
 
