@@ -6,6 +6,7 @@ test skips with the reason when either is missing. Playwright never downloads a 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -169,6 +170,45 @@ def test_the_page_recovers_when_daphne_restarts_mid_stream(session_id, celery_qu
         assert page.locator(".agch-message--repaired").count() == 0
     finally:
         server.stop()
+
+
+@pytest.fixture
+def gap_channel():
+    publish("browser:gap", "run.queued", {"agent": "demo"})
+
+
+def test_a_frame_lost_on_the_wire_is_refilled_from_the_events_endpoint(session_id, gap_channel,
+                                                                       server, browser):
+    page = logged_in_page(browser, server, session_id)
+    refills = []
+    page.on("request", lambda request: "/events/?since=" in request.url
+            and refills.append(request.url))
+
+    def route(ws):
+        upstream = ws.connect_to_server()
+
+        def from_server(message):
+            frame = json.loads(message)
+            if frame.get("type") == "event" and frame["seq"] == 5:  # the second delta
+                return  # lost between the server and the page
+            ws.send(message)
+
+        upstream.on_message(from_server)
+        ws.on_message(upstream.send)
+
+    page.route_web_socket("**/ws/agent-channels/**", route)
+    page.goto(channel_url(server, "browser:gap"))
+    wait_live(page)
+    # The run streams from daphne's in-process worker; its frames pass the route above.
+    run = page.evaluate("document.querySelector('agent-channel')"
+                        ".startRun('demo', {tokens: 10, interval_ms: 60})")
+    assert run["status"] == "queued"
+    page.wait_for_selector("agent-channel .agch-run-status[data-status=completed]",
+                           timeout=20_000)
+    assert assistant_text(page) == ["".join(f"tok{i} " for i in range(10))]
+    assert page.locator(".agch-message--repaired").count() == 0, \
+        "the deltas must add up, the lost one included, before message.completed"
+    assert refills and "since=4" in refills[0], refills
 
 
 @pytest.fixture
