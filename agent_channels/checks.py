@@ -222,3 +222,21 @@ def check_redis_timeouts(
                 )
             ]
     return []
+
+
+@register(Tags.compatibility)
+def check_sse_keepalive(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    value = get_config()["SSE_KEEPALIVE_SECONDS"]
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 3600:
+        return []
+    return [
+        Error(
+            f"AGENT_CHANNELS['SSE_KEEPALIVE_SECONDS'] must be a number of seconds from 0 "
+            f"to 3600 (exclusive of 0), not {value!r}.",
+            # Zero would send keep-alives (and ask the database) in a busy loop.
+            hint="Use 15 (the default), or a little less than your proxy's read timeout.",
+            id="agent_channels.E005",
+        )
+    ]

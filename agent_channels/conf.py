@@ -42,6 +42,12 @@ DEFAULTS: dict[str, Any] = {
     # After live events stop for this long, a connection asks the log once for the newest
     # seq, so a tail the layer dropped is not stuck until the next event. 0 turns it off.
     "HEAD_CHECK_MS": 500,
+    # Presence: a connection counts as watching until this many seconds after its last
+    # refresh (it refreshes three times per period). 0 turns presence off.
+    "PRESENCE_TTL_SECONDS": 30.0,
+    # Server-Sent Events: a comment goes out after this many quiet seconds, so proxies and
+    # clients see a live connection (and the stream asks the log whether it missed anything).
+    "SSE_KEEPALIVE_SECONDS": 15.0,
     # The HTTP events endpoint: default and largest page.
     "PAGE_SIZE": 100,
     "MAX_PAGE_SIZE": 1000,

@@ -10,7 +10,7 @@ from django.db import models
 
 from agent_channels.channel.names import MAX_NAME_LENGTH
 
-__all__ = ["Channel", "Event", "Run", "RunStatus", "Step", "StepStatus"]
+__all__ = ["Channel", "Event", "Presence", "Run", "RunStatus", "Step", "StepStatus"]
 
 
 class Channel(models.Model):
@@ -186,3 +186,31 @@ class Event(models.Model):
             "data": self.data,
             "ts": self.created_at.isoformat(),
         }
+
+
+class Presence(models.Model):
+    """One open connection watching a channel; it counts while ``expires_at`` is ahead.
+
+    Each connection refreshes its row well before it expires, so a server process that
+    dies leaves rows that simply stop counting (and are deleted at the next join).
+    """
+
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="presence")
+    #: The connection's Channels channel name: unique per open socket.
+    connection = models.CharField(max_length=200, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="agent_channel_presence",
+    )
+    expires_at = models.DateTimeField()
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "presence"
+        indexes = [models.Index(fields=["channel", "expires_at"], name="agch_presence_live_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.user or 'anonymous'} on {self.channel_id}"

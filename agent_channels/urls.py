@@ -6,7 +6,7 @@ run routes come before anything that could swallow them.
 
 from django.urls import re_path
 
-from agent_channels.views import events, messages, runs
+from agent_channels.views import messages, runs, sse
 
 app_name = "agent_channels"
 
@@ -18,5 +18,5 @@ urlpatterns = [
         name="run",
     ),
     re_path(r"^(?P<channel>[\s\S]+)/messages/$", messages.post_message, name="messages"),
-    re_path(r"^(?P<channel>[\s\S]+)/events/$", events.events, name="events"),
+    re_path(r"^(?P<channel>[\s\S]+)/events/$", sse.events, name="events"),
 ]

@@ -1,12 +1,11 @@
-"""The example project's pages: who may open a channel, and untrusted text stays text."""
+"""The example project's pages: who may open a channel, no writes on GET, untrusted text."""
 
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 from agent_channels import publish
-from agent_channels.models import Channel
+from agent_channels.models import Channel, Run
 
 pytestmark = pytest.mark.django_db
 
@@ -22,19 +21,42 @@ def test_anonymous_users_are_sent_to_log_in(client):
     assert response.status_code == 302 and "/login/" in response["Location"]
 
 
-def test_the_channel_name_reaches_the_page_as_json_not_markup(admin_client):
+def test_the_channel_page_is_built_from_the_tags(admin_client):
+    publish("tagged", "message.delta", {"message_id": "m", "text": "rendered on the server"})
+    body = page(admin_client, "tagged").content.decode()
+    assert "/static/agent_channels/client.js" in body and "<agent-channel" in body
+    assert 'channel="tagged"' in body and "rendered on the server" in body
+
+
+def test_a_hostile_channel_name_stays_text(admin_client):
+    publish(HOSTILE, "tick")
     response = page(admin_client, HOSTILE)
     assert response.status_code == 200
     assert HOSTILE.encode() not in response.content
-    assert b'id="channel-name"' in response.content
-    assert b"demo/follow.js" in response.content
 
 
-def test_opening_a_new_channel_makes_the_user_its_owner(client, django_user_model):
+def test_opening_a_new_channel_creates_nothing(client, django_user_model):
     user = django_user_model.objects.create_user("dana", password="pw")
     client.force_login(user)
-    assert page(client, "danas-channel").status_code == 200
-    assert Channel.objects.get(name="danas-channel").owner == user
+    response = page(client, "danas-channel")
+    assert response.status_code == 200 and b"created when its first run starts" in response.content
+    assert not Channel.objects.filter(name="danas-channel").exists()
+
+
+def test_the_form_starts_a_run_and_makes_the_user_the_owner(client, django_user_model):
+    user = django_user_model.objects.create_user("dana", password="pw")
+    client.force_login(user)
+    response = client.post("/c/danas-run/", {"agent": "demo", "input": '{"tokens": 0}'})
+    assert response.status_code == 302 and response["Location"] == "/c/danas-run/"
+    run = Run.objects.get(channel__name="danas-run")
+    assert run.agent == "demo" and run.input == {"tokens": 0} and run.created_by == user
+    assert Channel.objects.get(name="danas-run").owner == user
+
+
+def test_the_form_reports_an_unknown_agent(admin_client):
+    response = admin_client.post("/c/x/", {"agent": "nope", "input": ""}, follow=True)
+    assert b"There is no agent named" in response.content
+    assert not Run.objects.exists()
 
 
 def test_other_users_channels_are_refused(client, django_user_model):
@@ -42,21 +64,57 @@ def test_other_users_channels_are_refused(client, django_user_model):
     publish("owned", "tick", owner=owner)
     client.force_login(django_user_model.objects.create_user("eve"))
     assert page(client, "owned").status_code == 403
+    assert client.post("/c/owned/", {"agent": "demo"}).status_code == 403
+    assert not Run.objects.exists()
 
 
-def test_the_index_lists_only_the_users_channels(client, django_user_model):
+def test_the_index_lists_only_the_users_channels_with_their_latest_run(client,
+                                                                    django_user_model):
     owner = django_user_model.objects.create_user("owner")
     publish("theirs", "tick", owner=owner)
     user = django_user_model.objects.create_user("me")
     publish("mine", "tick", owner=user)
+    channel = Channel.objects.get(name="mine")
+    Run.objects.create(channel=channel, agent="demo", status="completed")
     client.force_login(user)
-    body = client.get("/").content
-    assert b"mine" in body and b"theirs" not in body
+    body = client.get("/").content.decode()
+    assert "mine" in body and "theirs" not in body
+    assert "demo · completed" in body
 
 
-def test_the_client_script_never_renders_event_data_as_html():
-    script = (Path(__file__).resolve().parent.parent / "example_project" / "demo" / "static"
-              / "demo" / "follow.js").read_text()
-    assert "textContent" in script
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
-        assert sink not in script
+@pytest.mark.integration
+def test_bare_daphne_serves_the_client_script_of_the_example_project(tmp_path):
+    """README's deployment: `daphne example_project.asgi:application`, no runserver."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from .procs import ROOT, child_env, free_port, wait_for_port
+
+    port = free_port()
+    env = child_env(DJANGO_SETTINGS_MODULE="example_project.settings",
+                    DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", DJANGO_DEBUG="1")
+    env.pop("REDIS_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                             "example_project.asgi:application"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+        base = f"http://127.0.0.1:{port}/static/agent_channels/"
+        with urllib.request.urlopen(base + "client.js", timeout=10) as response:
+            assert response.status == 200
+            assert "javascript" in response.headers["Content-Type"]
+            assert b"customElements.define" in response.read()
+        with urllib.request.urlopen(base + "client.css", timeout=10) as response:
+            assert response.status == 200 and b".agch" in response.read()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_staff_see_admin_links_on_the_index(admin_client):
+    publish("linked", "tick")
+    channel = Channel.objects.get(name="linked")
+    body = admin_client.get("/").content.decode()
+    assert f'href="/admin/agent_channels/channel/{channel.pk}/change/"' in body
+    assert 'href="/admin/"' in body

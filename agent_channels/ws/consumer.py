@@ -18,6 +18,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from agent_channels.access import get_access_policy
 from agent_channels.channel.control import asend_control
 from agent_channels.channel.names import InvalidChannelName, event_group, validate_name
+from agent_channels.channel.presence import PresenceTracker, wants_presence
 from agent_channels.channel.wire import EVENTS_MESSAGE, register_server_loop
 from agent_channels.conf import get_config
 from agent_channels.ws import close_codes
@@ -47,6 +48,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         #: Set once the connection is open; frames and events before that are ignored.
         self.pump: Pump | None = None
         self.pump_task: asyncio.Task[None] | None = None
+        self.presence_task: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         register_server_loop(asyncio.get_running_loop())
@@ -136,6 +138,11 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             find_transport(self.base_send),
         )
         self.pump_task = asyncio.create_task(self._run_pump(self.pump))
+        if wants_presence(self.scope):
+            tracker = PresenceTracker(
+                self.channel, self.channel_name, self.user, self.can_send, self._send_text
+            )
+            self.presence_task = asyncio.create_task(tracker.run())
 
     def _since(self) -> int | None:
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -196,8 +203,9 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             )
 
     def _stop_pump(self) -> None:
-        if self.pump_task is not None:
-            self.pump_task.cancel()
+        for task in (self.pump_task, self.presence_task):
+            if task is not None:
+                task.cancel()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:

@@ -11,10 +11,13 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from agent_channels.routing import websocket_urlpatterns  # noqa: E402
+from agent_channels.views.sse import expose_transport  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # expose_transport: event streams (SSE) pause for a slow reader instead of letting
+        # daphne buffer without bound.
+        "http": expose_transport(django_asgi_app),
         # Origin checks happen in the consumer (against ALLOWED_HOSTS), so no wrapper here.
         "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }
