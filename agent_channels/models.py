@@ -186,3 +186,7 @@ class Event(models.Model):
             "data": self.data,
             "ts": self.created_at.isoformat(),
         }
+
+
+# Durable Streams storage belongs to this app (agent_channels.durable_streams).
+from agent_channels.durable_streams.models import Stream, StreamChunk, StreamProducer  # noqa: E402, F401

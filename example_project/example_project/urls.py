@@ -8,4 +8,6 @@ urlpatterns = [
     path("c/<path:channel>/", views.channel_page, name="channel"),
     path("admin/", admin.site.urls),
     path("agent-channels/", include("agent_channels.urls")),
+    # Durable Streams: any stream client; agent channels read-only under streams/channels/.
+    path("streams/", include("agent_channels.durable_streams.urls")),
 ]
