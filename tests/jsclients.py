@@ -26,17 +26,28 @@ def require_node() -> str:
         pytest.skip(message)
     if not (JS / "node_modules" / ".package-lock.json").exists():
         done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=JS, capture_output=True, text=True,
-            timeout=300, check=False,
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=JS,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         if done.returncode:
             pytest.fail(f"npm ci in tests/js failed:\n{done.stdout}\n{done.stderr}")
     return node
 
 
-def run_node(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+def run_node(
+    args: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
     require_node()
     return subprocess.run(
-        args, cwd=JS, env={**os.environ, **env}, capture_output=True, text=True,
-        timeout=timeout, check=False,
+        args,
+        cwd=JS,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )

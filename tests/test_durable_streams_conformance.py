@@ -32,8 +32,13 @@ def test_conformance_suite_passes(tmp_path):
     try:
         done = run_node(
             [
-                "node_modules/.bin/vitest", "run", "--config", "vitest.config.mjs",
-                "--reporter=json", f"--outputFile={report}", "durable-streams.conformance",
+                "node_modules/.bin/vitest",
+                "run",
+                "--config",
+                "vitest.config.mjs",
+                "--reporter=json",
+                f"--outputFile={report}",
+                "durable-streams.conformance",
             ],
             {"CONFORMANCE_TEST_URL": f"http://127.0.0.1:{server.port}/streams"},
             timeout=600,

@@ -1,0 +1,207 @@
+"""Durable Streams: agent channels as read-only JSON streams, access, and live wake-ups.
+
+The protocol itself is proven by the official suite (test_durable_streams_conformance.py);
+these tests cover what is ours: channels as streams, the policies, CSRF, limits, and
+readers woken over the channel layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from urllib.parse import quote
+
+import pytest
+from django.test import AsyncClient, Client, override_settings
+
+from agent_channels import publish
+from agent_channels.conf import get_config
+from agent_channels.durable_streams.store import format_offset
+
+from .procs import Daphne
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHANNEL = "tenant:7/stream ✓"
+OPEN = {"DURABLE_STREAMS_POLICY": "agent_channels.durable_streams.access.OpenStreamPolicy"}
+
+
+def channel_url(channel: str = CHANNEL, query: str = "") -> str:
+    return f"/streams/channels/{quote(channel)}" + (f"?{query}" if query else "")
+
+
+def settings_with(**extra):
+    return override_settings(AGENT_CHANNELS={**get_config(), **extra})
+
+
+@pytest.fixture
+def owner(django_user_model):
+    return django_user_model.objects.create_user("owner", password="pw")
+
+
+@pytest.fixture
+def owner_client(owner):
+    client = Client()
+    client.force_login(owner)
+    return client
+
+
+def test_a_channel_reads_as_a_json_stream_one_event_per_message(owner, owner_client):
+    for i in range(3):
+        publish(CHANNEL, "custom.step", {"i": i}, owner=owner)
+    response = owner_client.get(channel_url(query="offset=-1"))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    frames = json.loads(response.content)
+    assert [(f["seq"], f["event"], f["data"]) for f in frames] == [
+        (1, "custom.step", {"i": 0}),
+        (2, "custom.step", {"i": 1}),
+        (3, "custom.step", {"i": 2}),
+    ]
+    assert response["Stream-Next-Offset"] == format_offset(3)
+    assert response["Stream-Up-To-Date"] == "true"
+
+    # The offset after seq 1 resumes with seq 2; offsets sort as strings like seqs as numbers.
+    rest = owner_client.get(channel_url(query=f"offset={format_offset(1)}"))
+    assert [f["seq"] for f in json.loads(rest.content)] == [2, 3]
+    assert sorted([format_offset(10), format_offset(9)]) == [format_offset(9), format_offset(10)]
+
+    head = owner_client.head(channel_url())
+    assert head.status_code == 200
+    assert head["Stream-Next-Offset"] == format_offset(3)
+    assert "Stream-Closed" not in head
+
+
+def test_channel_streams_follow_the_access_policy_and_are_read_only(
+    owner, owner_client, django_user_model
+):
+    publish(CHANNEL, "custom.step", {}, owner=owner)
+    assert Client().get(channel_url(query="offset=-1")).status_code == 401
+    stranger = Client()
+    stranger.force_login(django_user_model.objects.create_user("stranger"))
+    assert stranger.get(channel_url(query="offset=-1")).status_code == 403
+    for method in ("put", "post", "delete"):
+        response = getattr(owner_client, method)(channel_url(), b"[1]", "application/json")
+        assert response.status_code == 405, method
+        assert response["Allow"] == "GET, HEAD, OPTIONS"
+    # Whether a channel exists is only told to those who could read it.
+    assert owner_client.get(channel_url("no such channel", "offset=-1")).status_code == 403
+    staff = Client()
+    staff.force_login(django_user_model.objects.create_user("ops", is_staff=True))
+    assert staff.get(channel_url("no such channel", "offset=-1")).status_code == 404
+
+
+def test_pruned_history_is_gone_and_bad_offsets_are_400(owner, owner_client):
+    from agent_channels.models import Channel
+
+    for i in range(5):
+        publish(CHANNEL, "custom.step", {"i": i}, owner=owner)
+    Channel.objects.filter(name=CHANNEL).update(pruned_seq=3)
+    gone = owner_client.get(channel_url(query=f"offset={format_offset(1)}"))
+    assert gone.status_code == 410
+    # "From the start" means from the oldest event still kept.
+    start = owner_client.get(channel_url(query="offset=-1"))
+    Channel.objects.filter(name=CHANNEL).update(pruned_seq=0)
+    assert start.status_code == 200
+    for bad in ("abc", "1/2", "", "-2"):
+        assert owner_client.get(channel_url(query=f"offset={bad}")).status_code == 400, bad
+
+
+def test_other_streams_default_to_staff_only(django_user_model):
+    assert Client().put("/streams/a/b", b"x", "text/plain").status_code == 401
+    user = Client()
+    user.force_login(django_user_model.objects.create_user("someone"))
+    assert user.put("/streams/a/b", b"x", "text/plain").status_code == 403
+    staff = Client()
+    staff.force_login(django_user_model.objects.create_user("ops", is_staff=True))
+    assert staff.put("/streams/a/b", b"x", "text/plain").status_code == 201
+    assert staff.get("/streams/a/b").content == b"x"
+
+
+def test_session_users_must_send_the_csrf_token(django_user_model):
+    user = django_user_model.objects.create_user("ops", is_staff=True)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    assert client.put("/streams/csrf", b"x", "text/plain").status_code == 403
+    client.get("/streams/csrf")  # no stream yet, but the response need not set the cookie
+    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
+
+    secret = _get_new_csrf_string()
+    client.cookies["csrftoken"] = secret
+    response = client.put(
+        "/streams/csrf", b"x", "text/plain", headers={"X-CSRFToken": _mask_cipher_secret(secret)}
+    )
+    assert response.status_code == 201
+
+
+def test_appends_over_the_limit_are_413():
+    with settings_with(DURABLE_STREAMS_MAX_APPEND_BYTES=10, **OPEN):
+        client = Client()
+        assert client.put("/streams/small", b"ab", "text/plain").status_code == 201
+        assert client.post("/streams/small", b"x" * 11, "text/plain").status_code == 413
+        assert client.post("/streams/small", b"x" * 10, "text/plain").status_code == 204
+        assert client.get("/streams/small").content == b"ab" + b"x" * 10
+
+
+async def test_a_long_poll_is_woken_by_an_append_not_by_its_timeout():
+    with settings_with(DURABLE_STREAMS_LONG_POLL_SECONDS=60, **OPEN):
+        client = AsyncClient()
+        created = await client.put("/streams/wake", b"a", "text/plain")
+        tail = created["Stream-Next-Offset"]
+        poll = asyncio.create_task(client.get(f"/streams/wake?offset={tail}&live=long-poll"))
+        await asyncio.sleep(0.3)  # let the reader join the group and find nothing
+        assert not poll.done()
+        await client.post("/streams/wake", b"b", "text/plain")
+        # Far below the 60 s timeout: only the layer message can have ended the wait.
+        response = await asyncio.wait_for(poll, 10)
+        assert response.status_code == 200
+        assert response.content == b"b"
+        assert response["Stream-Cursor"]
+
+
+@pytest.fixture
+def staff_cookie(django_user_model):
+    user = django_user_model.objects.create_user("ops", is_staff=True)
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
+@pytest.mark.integration
+@pytest.mark.redis
+@pytest.mark.parametrize("live", ["sse", "long-poll"])
+def test_the_durable_streams_python_client_follows_a_channel(live, staff_cookie):
+    """The PyPI client against a real daphne: every event once, in order, live."""
+    from durable_streams import stream
+
+    count = 40
+    publish(CHANNEL, "custom.step", {"i": -1})
+    server = Daphne()
+    received: list[dict] = []
+    errors: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            url = f"http://127.0.0.1:{server.port}{channel_url()}"
+            with stream(url, offset="-1", live=live, headers={"Cookie": staff_cookie}) as res:
+                for item in res.iter_json():
+                    received.append(item)
+                    if len(received) == count + 1:
+                        return
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    reader = threading.Thread(target=follow, daemon=True)
+    try:
+        reader.start()
+        for i in range(count):
+            publish(CHANNEL, "custom.step", {"i": i})
+            if i % 10 == 0:
+                threading.Event().wait(0.05)  # some arrive live, some in bursts
+        reader.join(30)
+    finally:
+        server.stop()
+    assert not errors, errors
+    assert [item["seq"] for item in received] == list(range(1, count + 2))
+    assert [item["data"]["i"] for item in received] == list(range(-1, count))
