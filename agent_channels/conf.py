@@ -102,6 +102,9 @@ DEFAULTS: dict[str, Any] = {
     "DURABLE_STREAMS_READ_BYTES": 1024 * 1024,
     # Origins that may call the streams from a browser on another origin: a list, or "*".
     "DURABLE_STREAMS_CORS_ORIGINS": [],
+    # --- AG-UI (agent_channels.agui, docs/agui.rst) ---
+    # Largest RunAgentInput accepted, in bytes of JSON (it carries the whole conversation).
+    "AGUI_MAX_INPUT_BYTES": 1024 * 1024,
 }
 
 

@@ -31,7 +31,7 @@ from agent_channels.durable_streams.store import StreamError, format_offset, par
 from agent_channels.names import InvalidChannelName, validate_name
 from agent_channels.wire import register_server_loop
 
-__all__ = ["channel_stream", "stream"]
+__all__ = ["channel_stream", "csrf_refusal", "stream"]
 
 _DECIMAL = re.compile(r"^(0|[1-9][0-9]*)$")
 _DIGITS = re.compile(r"^[0-9]+$")
@@ -110,7 +110,7 @@ async def _denied(request: HttpRequest, allowed: bool) -> HttpResponseBase | Non
     return _text_error(403, "You may not use this stream.")
 
 
-def _csrf(request: HttpRequest, user: Any) -> HttpResponse | None:
+def csrf_refusal(request: HttpRequest, user: Any) -> HttpResponse | None:
     """Session users must send the CSRF token, as for any Django form: otherwise any page
     they visit could write to their streams. Clients without a session need none."""
     if not getattr(user, "is_authenticated", False):
@@ -470,7 +470,7 @@ async def stream(request: HttpRequest, path: str) -> HttpResponseBase:
     user = await request.auser()
     method = request.method or "GET"
     if method in ("PUT", "POST", "DELETE"):
-        refused = _csrf(request, user)
+        refused = csrf_refusal(request, user)
         if refused is not None:
             return _finish(request, refused)
         policy_call = get_stream_policy().can_write

@@ -10,4 +10,6 @@ urlpatterns = [
     path("agent-channels/", include("agent_channels.urls")),
     # Durable Streams: any stream client; agent channels read-only under streams/channels/.
     path("streams/", include("agent_channels.durable_streams.urls")),
+    # AG-UI: POST a RunAgentInput to ag-ui/<agent>/ (needs the agui extra).
+    path("ag-ui/", include("agent_channels.agui.urls")),
 ]
