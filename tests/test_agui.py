@@ -3,6 +3,7 @@ against the ``ag-ui-protocol`` package's models."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -100,7 +101,12 @@ async def test_input_requests_are_interrupts_and_resume_answers_them(client):
     interrupt = finished.outcome.interrupts[0]
     assert interrupt.reason == "input_required"
     assert interrupt.message == "May I ship it? (yes/no)"
-    run = await Run.objects.aget(channel__name="agui-approval")
+    # The run releases its worker just after asking (the event comes first).
+    for _ in range(500):
+        run = await Run.objects.aget(channel__name="agui-approval")
+        if run.status != RunStatus.RUNNING:
+            break
+        await asyncio.sleep(0.01)
     assert run.status == RunStatus.WAITING
 
     resume = run_input(

@@ -25,17 +25,17 @@ from pydantic import ValidationError
 
 from agent_channels.access import get_access_policy
 from agent_channels.agui.mapping import EventMapper, parse_interrupt_id
+from agent_channels.channel.control import send_control
+from agent_channels.channel.log import read
+from agent_channels.channel.names import InvalidChannelName, event_group, validate_name
+from agent_channels.channel.wire import register_server_loop
 from agent_channels.conf import get_config
 from agent_channels.durable_streams.live import Waiter
 from agent_channels.durable_streams.views import csrf_refusal
-from agent_channels.log import read
 from agent_channels.models import Channel, Event, Run
-from agent_channels.names import InvalidChannelName, event_group, validate_name
 from agent_channels.runtime.api import start_run
-from agent_channels.runtime.control import dispatch_control
 from agent_channels.runtime.errors import RunConflict, RunError, UnknownAgent
-from agent_channels.views import error
-from agent_channels.wire import register_server_loop
+from agent_channels.views.http import error
 
 __all__ = ["run_agent"]
 
@@ -146,7 +146,9 @@ def _resume(user: Any, channel: str, run_input: RunAgentInput) -> Plan:
     )
     if sent is None:  # not a repeat of this request: answer the interrupt now
         kind = "input" if entry.status == "resolved" else "cancel"
-        sent = dispatch_control(channel, kind, entry.payload, frame_id, getattr(user, "pk", None))
+        sent = send_control(
+            channel, kind, entry.payload, frame_id=frame_id, user=getattr(user, "pk", None), run=run
+        )
     return Plan(run.channel_id, str(run.pk), int(sent))
 
 

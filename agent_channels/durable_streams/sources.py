@@ -7,12 +7,12 @@ from typing import Protocol
 
 from channels.db import database_sync_to_async
 
+from agent_channels.channel.log import read as read_log
+from agent_channels.channel.names import event_group
 from agent_channels.conf import get_config
 from agent_channels.durable_streams import store
 from agent_channels.durable_streams.live import stream_group
-from agent_channels.log import read as read_log
 from agent_channels.models import Channel
-from agent_channels.names import event_group
 
 __all__ = ["ChannelSource", "Source", "StreamSource"]
 

@@ -22,14 +22,14 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
+from agent_channels.channel.names import InvalidChannelName, validate_name
+from agent_channels.channel.wire import register_server_loop
 from agent_channels.conf import get_config
 from agent_channels.durable_streams import store
 from agent_channels.durable_streams.access import get_stream_policy
 from agent_channels.durable_streams.live import Waiter, announce
 from agent_channels.durable_streams.sources import ChannelSource, Source, StreamSource
 from agent_channels.durable_streams.store import StreamError, format_offset, parse_offset
-from agent_channels.names import InvalidChannelName, validate_name
-from agent_channels.wire import register_server_loop
 
 __all__ = ["channel_stream", "csrf_refusal", "stream"]
 
