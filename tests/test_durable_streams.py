@@ -205,3 +205,42 @@ def test_the_durable_streams_python_client_follows_a_channel(live, staff_cookie)
     assert not errors, errors
     assert [item["seq"] for item in received] == list(range(1, count + 2))
     assert [item["data"]["i"] for item in received] == list(range(-1, count))
+
+
+def test_stream_settings_are_checked():
+    from django.core.checks import Error
+
+    from agent_channels.durable_streams.checks import check_limits, check_stream_policy
+
+    with settings_with(DURABLE_STREAMS_POLICY="agent_channels.access.OwnerAccessPolicy"):
+        assert check_stream_policy() == [
+            Error(
+                "AGENT_CHANNELS['DURABLE_STREAMS_POLICY'] = "
+                "'agent_channels.access.OwnerAccessPolicy' is not a StreamPolicy subclass.",
+                hint="Give the dotted path of an agent_channels.durable_streams.access."
+                "StreamPolicy subclass, as a string.",
+                id="agent_channels.E201",
+            )
+        ]
+    assert check_stream_policy() == []
+    with settings_with(
+        DURABLE_STREAMS_LONG_POLL_SECONDS=0,
+        AGUI_MAX_INPUT_BYTES=1.5,
+        DURABLE_STREAMS_CORS_ORIGINS="x",
+    ):
+        assert [(e.id, e.msg) for e in check_limits()] == [
+            (
+                "agent_channels.E202",
+                "AGENT_CHANNELS['DURABLE_STREAMS_LONG_POLL_SECONDS'] = 0 is not a positive number.",
+            ),
+            (
+                "agent_channels.E202",
+                "AGENT_CHANNELS['AGUI_MAX_INPUT_BYTES'] = 1.5 is not a positive integer.",
+            ),
+            (
+                "agent_channels.E203",
+                "AGENT_CHANNELS['DURABLE_STREAMS_CORS_ORIGINS'] = 'x' is neither a list of "
+                "origins nor '*'.",
+            ),
+        ]
+    assert check_limits() == []
