@@ -244,3 +244,37 @@ def test_stream_settings_are_checked():
             ),
         ]
     assert check_limits() == []
+
+
+async def test_sse_heals_a_wake_up_the_layer_dropped_after_a_burst():
+    """An append whose layer message is lost still reaches a reader that was just woken:
+    after a wake-up the reader reads once more when HEAD_CHECK_MS passes quietly."""
+    from channels.db import database_sync_to_async
+
+    from agent_channels.durable_streams import store
+
+    with settings_with(DURABLE_STREAMS_LONG_POLL_SECONDS=60, HEAD_CHECK_MS=200, **OPEN):
+        client = AsyncClient()
+        created = await client.put("/streams/heal", b"a", "text/plain")
+        response = await client.get(
+            f"/streams/heal?offset={created['Stream-Next-Offset']}&live=sse"
+        )
+        assert response["Content-Type"] == "text/event-stream"
+        chunks = response.streaming_content
+
+        async def until(text: str) -> str:
+            seen = ""
+            while text not in seen:
+                seen += (await chunks.__anext__()).decode()
+            return seen
+
+        assert '"upToDate": true' in await asyncio.wait_for(until("control"), 10)
+        await client.post("/streams/heal", b"b", "text/plain")  # announced: wakes the reader
+        assert "data:b" in await asyncio.wait_for(until("data:b"), 10)
+        # Appended without the layer message, as if the layer had dropped it.
+        await database_sync_to_async(store.append)(
+            "heal", b"c", content_type="text/plain", close=False, writer_seq=None, producer=None
+        )
+        # Far below the 60 s keep-alive: the quiet-period read found it.
+        assert "data:c" in await asyncio.wait_for(until("data:c"), 10)
+        await chunks.aclose()

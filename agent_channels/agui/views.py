@@ -179,8 +179,8 @@ async def _stream(run_input: RunAgentInput, channel: str, found: Plan) -> AsyncI
                     return
             if events:
                 continue
-            if await waiter.wait(KEEPALIVE_SECONDS) is None:
-                # Also the moment to reread the log in case the layer dropped a wake-up.
+            if not await waiter.next(KEEPALIVE_SECONDS):
+                # Quiet: keep proxies from closing the stream (the log is reread anyway).
                 yield ": keep-alive\n\n"
 
 

@@ -50,6 +50,7 @@ class Waiter:
         self.groups = groups
         self.layer: Any = get_channel_layer(get_config()["CHANNEL_LAYER"])
         self.channel: str | None = None
+        self.recheck = False
 
     async def __aenter__(self) -> Waiter:
         if self.layer is not None:
@@ -82,3 +83,21 @@ class Waiter:
         except TimeoutError:
             return None
         return message
+
+    async def next(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True when the reader should read again.
+
+        After a wake-up, the next wait lasts ``HEAD_CHECK_MS`` at most and then says
+        "read": the layer may have dropped the last message of a burst (channels-redis
+        drops silently under load), and the WebSocket pump heals the same way.
+        """
+        quiet = get_config()["HEAD_CHECK_MS"] / 1000.0
+        if self.recheck and quiet > 0:
+            self.recheck = False
+            if await self.wait(min(timeout, quiet)) is not None:
+                self.recheck = True
+            return True
+        if await self.wait(timeout) is None:
+            return False
+        self.recheck = True
+        return True

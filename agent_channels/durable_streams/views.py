@@ -324,7 +324,7 @@ async def _read(request: HttpRequest, source: Source) -> HttpResponseBase:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            await waiter.wait(remaining)
+            await waiter.next(remaining)
             result = await source.read(start)
             if result.chunks:
                 return _catch_up(request, offset, result, cursor)
@@ -422,8 +422,8 @@ async def _sse(
                     remaining = ends_at - time.monotonic()
                     if remaining <= 0:
                         return  # clients reconnect from the last control's offset
-                    if await waiter.wait(min(remaining, keepalive)) is not None:
-                        break
+                    if await waiter.next(min(remaining, keepalive)):
+                        break  # woken (or checking after a burst): read again
                     if time.monotonic() < ends_at:
                         keep = {
                             "streamNextOffset": format_offset(position),
