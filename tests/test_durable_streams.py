@@ -278,3 +278,12 @@ async def test_sse_heals_a_wake_up_the_layer_dropped_after_a_burst():
         # Far below the 60 s keep-alive: the quiet-period read found it.
         assert "data:c" in await asyncio.wait_for(until("data:c"), 10)
         await chunks.aclose()
+
+
+def test_the_example_channel_page_shows_both_protocols(owner, owner_client):
+    publish(CHANNEL, "custom.step", {}, owner=owner)
+    page = owner_client.get(f"/c/{quote(CHANNEL)}/").content.decode()
+    stream_url = "/streams/channels/tenant:7/stream%20%E2%9C%93"
+    assert f'href="{stream_url}?offset=-1"' in page
+    assert "POST /ag-ui/chat/" in page
+    assert owner_client.get(f"{stream_url}?offset=-1").status_code == 200
