@@ -287,3 +287,12 @@ def test_the_example_channel_page_shows_both_protocols(owner, owner_client):
     assert f'href="{stream_url}?offset=-1"' in page
     assert "POST /ag-ui/chat/" in page
     assert owner_client.get(f"{stream_url}?offset=-1").status_code == 200
+
+
+def test_stream_paths_must_be_short_printable_text():
+    with settings_with(**OPEN):
+        client = Client()
+        assert client.put("/streams/" + "é" * 513, b"x", "text/plain").status_code == 400
+        assert client.put("/streams/" + "é" * 512, b"x", "text/plain").status_code == 201
+        assert client.put("/streams/a%00b", b"x", "text/plain").status_code == 400
+        assert client.get("/streams/a%0Ab").status_code == 400

@@ -33,6 +33,8 @@ from agent_channels.durable_streams.store import StreamError, format_offset, par
 
 __all__ = ["channel_stream", "csrf_refusal", "stream"]
 
+#: The longest stream path, in UTF-8 bytes (Stream.path holds 1,024 characters).
+MAX_PATH_BYTES = 1024
 _DECIMAL = re.compile(r"^(0|[1-9][0-9]*)$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+")
@@ -466,6 +468,13 @@ async def _dispatch(
 @csrf_exempt
 async def stream(request: HttpRequest, path: str) -> HttpResponseBase:
     """Any path under the mount (except ``channels/…``) is a stream."""
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES or not path.isprintable():
+        # Longer keys overflow a PostgreSQL index row; control characters (NUL) no
+        # database stores alike.
+        return _finish(
+            request,
+            _text_error(400, f"A stream path is 1 to {MAX_PATH_BYTES} bytes of printable text."),
+        )
     source = StreamSource(path)
     user = await request.auser()
     method = request.method or "GET"
