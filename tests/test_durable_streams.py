@@ -296,3 +296,31 @@ def test_stream_paths_must_be_short_printable_text():
         assert client.put("/streams/" + "é" * 512, b"x", "text/plain").status_code == 201
         assert client.put("/streams/a%00b", b"x", "text/plain").status_code == 400
         assert client.get("/streams/a%0Ab").status_code == 400
+
+
+def test_headers_no_column_or_date_can_hold_are_400():
+    with settings_with(**OPEN):
+        client = Client()
+        assert client.put("/streams/h", b"x", "text/plain").status_code == 201
+        long = "x" * 256
+        too_long = [
+            ("put", "/streams/h2", {"Stream-TTL": str(10**10 + 1)}),
+            ("put", "/streams/h2", {"Stream-Expires-At": "2030-01-01T00:00:00" + "0" * 60}),
+            ("put", "/streams/h2", {"Content-Type": "text/" + long}),
+            ("post", "/streams/h", {"Stream-Seq": long}),
+            (
+                "post",
+                "/streams/h",
+                {"Producer-Id": long, "Producer-Epoch": "0", "Producer-Seq": "0"},
+            ),
+        ]
+        for method, url, headers in too_long:
+            content_type = headers.pop("Content-Type", "text/plain")
+            response = getattr(client, method)(url, b"y", content_type, headers=headers)
+            assert response.status_code == 400, (method, headers)
+        assert (
+            client.put(
+                "/streams/h3", b"x", "text/plain", headers={"Stream-TTL": str(10**10)}
+            ).status_code
+            == 201
+        )

@@ -35,6 +35,8 @@ __all__ = ["channel_stream", "csrf_refusal", "stream"]
 
 #: The longest stream path, in UTF-8 bytes (Stream.path holds 1,024 characters).
 MAX_PATH_BYTES = 1024
+#: Content types, Stream-Seq values and producer ids are stored in 255-character columns.
+MAX_HEADER_CHARS = 255
 _DECIMAL = re.compile(r"^(0|[1-9][0-9]*)$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+")
@@ -159,6 +161,8 @@ def _source_path(request: HttpRequest, path: str, header: str) -> str:
 async def _create(request: HttpRequest, path: str) -> HttpResponseBase:
     h = request.headers
     content_type = h.get("Content-Type", "").strip()
+    if len(content_type) > MAX_HEADER_CHARS:
+        return _text_error(400, f"Content-Type may be at most {MAX_HEADER_CHARS} characters.")
     forked_from_header = h.get("Stream-Forked-From")
     if not _MEDIA_TYPE.match(content_type):
         content_type = ""
@@ -167,11 +171,14 @@ async def _create(request: HttpRequest, path: str) -> HttpResponseBase:
         return _text_error(400, "Send Stream-TTL or Stream-Expires-At, not both.")
     ttl = None
     if ttl_text is not None:
-        if not _DECIMAL.match(ttl_text) or len(ttl_text) > 15:
+        # Capped at 10^10 s (317 years) so expiry dates stay within datetime's range.
+        if not _DECIMAL.match(ttl_text) or len(ttl_text) > 11 or int(ttl_text) > 10**10:
             return _text_error(400, "Stream-TTL must be a whole number of seconds.")
         ttl = int(ttl_text)
     expires_at = None
     if expires_text is not None:
+        if len(expires_text) > 64:
+            return _text_error(400, "Stream-Expires-At must be an RFC 3339 timestamp.")
         try:
             expires_at = datetime.fromisoformat(expires_text.strip().replace("Z", "+00:00"))
         except ValueError:
@@ -232,8 +239,8 @@ def _producer(request: HttpRequest) -> store.Producer | None:
     producer_id, epoch, seq = values
     if producer_id is None or epoch is None or seq is None:
         raise StreamError(400, "Send Producer-Id, Producer-Epoch and Producer-Seq together.")
-    if not producer_id.strip():
-        raise StreamError(400, "Producer-Id must not be empty.")
+    if not producer_id.strip() or len(producer_id) > MAX_HEADER_CHARS:
+        raise StreamError(400, f"Producer-Id must be 1 to {MAX_HEADER_CHARS} characters.")
     for name, value in (("Producer-Epoch", epoch), ("Producer-Seq", seq)):
         if not _DIGITS.match(value) or int(value) > store.MAX_SAFE_INTEGER:
             raise StreamError(400, f"{name} must be a non-negative integer below 2^53.")
@@ -242,6 +249,9 @@ def _producer(request: HttpRequest) -> store.Producer | None:
 
 async def _append(request: HttpRequest, path: str) -> HttpResponseBase:
     producer = _producer(request)
+    writer_seq = request.headers.get("Stream-Seq")
+    if writer_seq is not None and len(writer_seq) > MAX_HEADER_CHARS:
+        return _text_error(400, f"Stream-Seq may be at most {MAX_HEADER_CHARS} characters.")
     body = _read_body(request)
     close = _is_true(request.headers.get("Stream-Closed"))
     if not body and not close:
@@ -251,7 +261,7 @@ async def _append(request: HttpRequest, path: str) -> HttpResponseBase:
         body,
         content_type=request.headers.get("Content-Type"),
         close=close,
-        writer_seq=request.headers.get("Stream-Seq"),
+        writer_seq=writer_seq,
         producer=producer,
     )
     if result.changed:
