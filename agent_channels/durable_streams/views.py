@@ -448,6 +448,8 @@ async def _sse(
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
+    # nginx buffers proxied responses unless told not to; SSE must flow event by event.
+    response["X-Accel-Buffering"] = "no"
     if binary:
         response["Stream-SSE-Data-Encoding"] = "base64"
     return response
