@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from ag_ui.core import Event, EventType
+from channels.db import database_sync_to_async
 from django.test import AsyncClient
 from pydantic import TypeAdapter
 
@@ -36,8 +37,6 @@ def run_input(thread: str, run_id: str | None = None, text: str = "hi", **extra:
 
 @pytest.fixture
 async def client(django_user_model):
-    from channels.db import database_sync_to_async
-
     user = await database_sync_to_async(django_user_model.objects.create_user)("ui")
     client = AsyncClient()
     await client.aforce_login(user)
@@ -55,6 +54,12 @@ async def post(client: AsyncClient, agent: str, body: dict) -> list[Any]:
         if block.startswith("data: "):
             events.append(EVENT.validate_json(block[len("data: ") :]))
     return events
+
+
+async def runs_on(channel: str) -> int:
+    # channels' wrapper closes the thread's connection afterwards (the test DB can be dropped).
+    count: int = await database_sync_to_async(Run.objects.filter(channel__name=channel).count)()
+    return count
 
 
 def types(events: list[Any]) -> list[str]:
@@ -90,7 +95,25 @@ async def test_the_same_run_id_reattaches_without_a_second_model_call(client, ll
     second = await post(client, "chat", body)
     assert llm.count == calls
     assert [e.model_dump() for e in second] == [e.model_dump() for e in first]
-    assert await Run.objects.filter(channel__name="agui-again").acount() == 1
+    assert await runs_on("agui-again") == 1
+
+
+async def test_a_client_that_drops_the_stream_mid_answer_reattaches_to_the_same_answer(client, llm):
+    llm.reply_tokens, llm.delay = 40, 0.02  # a slow answer: w0 w1 … w39
+    body = run_input("agui-drop", text="say something long")
+    response = await client.post("/ag-ui/chat/", body, content_type="application/json")
+    stream = response.streaming_content
+    seen = ""
+    while "TEXT_MESSAGE_CONTENT" not in seen:
+        seen += (await asyncio.wait_for(stream.__anext__(), 15)).decode()
+    await stream.aclose()  # the client goes away mid-answer; the run goes on
+
+    again = await post(client, "chat", body)
+    text = "".join(e.delta for e in again if e.type == EventType.TEXT_MESSAGE_CONTENT)
+    assert text.split() == [f"w{i}" for i in range(40)]
+    assert again[-1].type == EventType.RUN_FINISHED and again[-1].outcome.type == "success"
+    assert llm.count == 1  # the answer came from the log, not from a second model call
+    assert await runs_on("agui-drop") == 1
 
 
 async def test_input_requests_are_interrupts_and_resume_answers_them(client):
@@ -103,7 +126,7 @@ async def test_input_requests_are_interrupts_and_resume_answers_them(client):
     assert interrupt.message == "May I ship it? (yes/no)"
     # The run releases its worker just after asking (the event comes first).
     for _ in range(500):
-        run = await Run.objects.aget(channel__name="agui-approval")
+        run = await database_sync_to_async(Run.objects.get)(channel__name="agui-approval")
         if run.status != RunStatus.RUNNING:
             break
         await asyncio.sleep(0.01)
@@ -121,7 +144,7 @@ async def test_input_requests_are_interrupts_and_resume_answers_them(client):
     # The same resume again reattaches: the answer is not sent twice.
     again = await post(client, "approval", resume)
     assert [e.model_dump() for e in again] == [e.model_dump() for e in second]
-    assert await Run.objects.filter(channel__name="agui-approval").acount() == 1
+    assert await runs_on("agui-approval") == 1
 
 
 async def test_a_failing_run_ends_with_run_error(client):
