@@ -324,3 +324,13 @@ def test_headers_no_column_or_date_can_hold_are_400():
             ).status_code
             == 201
         )
+
+
+def test_json_streams_refuse_what_is_not_json():
+    with settings_with(**OPEN):
+        client = Client()
+        assert client.put("/streams/j", b"[]", "application/json").status_code == 201
+        for body in (b"NaN", b"[1, Infinity]", b"{", b"\xff", b"[" * 100_000, b"[]"):
+            assert client.post("/streams/j", body, "application/json").status_code == 400, body[:10]
+        assert client.post("/streams/j", b'[{"a": 1}, [2]]', "application/json").status_code == 204
+        assert json.loads(client.get("/streams/j?offset=-1").content) == [{"a": 1}, [2]]

@@ -188,16 +188,22 @@ def head(path: str) -> Head:
     return _head(_live(path))
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json_values(body: bytes, *, allow_empty: bool) -> list[str]:
     """One JSON text per message: a top-level array is flattened one level."""
     try:
-        parsed = json.loads(body.decode("utf-8"))
+        # NaN and Infinity are Python's extensions, not JSON: refuse them.
+        parsed = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        values = parsed if isinstance(parsed, list) else [parsed]
+        texts = [json.dumps(v, separators=(",", ":"), ensure_ascii=False) for v in values]
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise StreamError(400, "Invalid JSON") from None
-    values = parsed if isinstance(parsed, list) else [parsed]
-    if not values and not allow_empty:
+    if not texts and not allow_empty:
         raise StreamError(400, "Empty arrays are not allowed")
-    return [json.dumps(value, separators=(",", ":"), ensure_ascii=False) for value in values]
+    return texts
 
 
 def _encode(content_type: str, body: bytes, *, creating: bool = False) -> bytes:
