@@ -11,6 +11,7 @@ class AgentChannelsConfig(AppConfig):
         # through agent_channels.channel.control and never import the runtime.
         from agent_channels import checks  # noqa: F401  (registers the system checks)
         from agent_channels.channel.control import control_sent
+        from agent_channels.durable_streams import checks as stream_checks  # noqa: F401
         from agent_channels.runtime import checks as runtime_checks  # noqa: F401
         from agent_channels.runtime.control import on_control_sent
 

@@ -101,6 +101,22 @@ DEFAULTS: dict[str, Any] = {
     # {"model": [USD per 1M prompt tokens, USD per 1M completion tokens]} for the admin's
     # estimated cost of a run.
     "MODEL_PRICES": {},
+    # --- Durable Streams (agent_channels.durable_streams, docs/durable_streams.rst) ---
+    # Who may read and write streams other than agent channels: a StreamPolicy subclass.
+    "DURABLE_STREAMS_POLICY": "agent_channels.durable_streams.access.StaffStreamPolicy",
+    # Seconds a long-poll waits for data before answering 204; also the SSE keep-alive interval.
+    "DURABLE_STREAMS_LONG_POLL_SECONDS": 20.0,
+    # Seconds an SSE response lasts before the server ends it (clients reconnect).
+    "DURABLE_STREAMS_SSE_SECONDS": 60.0,
+    # Largest append (or initial PUT body) accepted, in bytes; larger ones get 413.
+    "DURABLE_STREAMS_MAX_APPEND_BYTES": 4 * 1024 * 1024,
+    # Bytes a catch-up read returns at most (at least one whole append).
+    "DURABLE_STREAMS_READ_BYTES": 1024 * 1024,
+    # Origins that may call the streams from a browser on another origin: a list, or "*".
+    "DURABLE_STREAMS_CORS_ORIGINS": [],
+    # --- AG-UI (agent_channels.agui, docs/agui.rst) ---
+    # Largest RunAgentInput accepted, in bytes of JSON (it carries the whole conversation).
+    "AGUI_MAX_INPUT_BYTES": 1024 * 1024,
 }
 
 

@@ -112,6 +112,15 @@ AGENT_CHANNELS = {
 }
 #: The Celery broker of the integration tests: its own Redis database.
 CELERY_BROKER_URL_FOR_TESTS = os.environ.get("AGCH_BROKER_URL", "redis://127.0.0.1:6379/6")
+if os.environ.get("AGCH_DS_CONFORMANCE"):
+    # The Durable Streams conformance suite: anonymous clients, cross-origin preflights, and
+    # long-polls short enough for a suite that holds several open at once.
+    AGENT_CHANNELS["DURABLE_STREAMS_POLICY"] = "agent_channels.durable_streams.access.OpenStreamPolicy"
+    AGENT_CHANNELS["DURABLE_STREAMS_CORS_ORIGINS"] = "*"
+    AGENT_CHANNELS["DURABLE_STREAMS_LONG_POLL_SECONDS"] = 0.5
+    AGENT_CHANNELS["DURABLE_STREAMS_MAX_APPEND_BYTES"] = 16 * 1024 * 1024
+    if os.environ.get("AGCH_DS_LONG_POLL"):
+        AGENT_CHANNELS["DURABLE_STREAMS_LONG_POLL_SECONDS"] = float(os.environ["AGCH_DS_LONG_POLL"])
 if os.environ.get("AGCH_SEND_BUFFER_BYTES"):
     AGENT_CHANNELS["SEND_BUFFER_BYTES"] = int(os.environ["AGCH_SEND_BUFFER_BYTES"])
 # The model API of the integration tests' workers (tests/test_responses_celery.py).
