@@ -15,6 +15,7 @@ from agent_channels.channel.retention import prune
 from agent_channels.channel.wire import build_events_message
 from agent_channels.models import Channel, Event
 
+from .helpers import create_operator
 from .wsclient import connect, recv, recv_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,7 +25,7 @@ apublish = sync_to_async(publish)
 
 @pytest.fixture
 def staff(django_user_model):
-    return django_user_model.objects.create_user("staff", is_staff=True)
+    return create_operator(django_user_model, "staff")
 
 
 @pytest.fixture
