@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         Interrupted,
         RunConflict,
         RunError,
+        RunForbidden,
         UnknownAgent,
     )
     from agent_channels.runtime.registry import agent

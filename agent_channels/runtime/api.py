@@ -38,9 +38,10 @@ def start_run(
     :class:`RunConflict`, ``"enqueue"`` starts this run after the active one ends,
     ``"interrupt"`` stops the active run (status ``interrupted``) and then starts this one.
 
-    With a ``user``, a channel that already exists and belongs to someone else is used only
+    With a ``user``, a channel that already exists and belongs to another user is used only
     if the access policy lets ``user`` send to it; otherwise :class:`RunForbidden` is
-    raised. ``user=None`` (your own server code) is not checked.
+    raised. ``user=None`` (your own server code) and channels without an owner are not
+    checked here: decide those before calling (the HTTP API asks the policy first).
     """
     validate_name(channel)
     get_agent(agent)
@@ -66,6 +67,7 @@ def start_run(
         # created by someone else, and a run must never land in another user's channel.
         if (
             owner_id is not None
+            and row.owner_id is not None
             and row.owner_id != owner_id
             and not get_access_policy().can_send(user, channel)
         ):
