@@ -300,7 +300,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     # -- client frames -----------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.pump is None:
+        if self.pump is None or self.revoked:
             return
         try:
             if not self.bucket.allow():
