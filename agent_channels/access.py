@@ -35,22 +35,35 @@ class AccessPolicy:
 
 
 class OwnerAccessPolicy(AccessPolicy):
-    """The default: staff may do everything, users their own channels, anonymous nothing."""
+    """The default: users read and send on the channels they own; anonymous users nothing.
 
-    def _allowed(self, user: Any, channel: str) -> bool:
+    Two model permissions open other users' channels, so operators are scoped like the
+    rest of Django (grant them to a group): ``agent_channels.view_all_channels`` to follow
+    any channel and ``agent_channels.control_all_runs`` to send input, interrupt and cancel
+    to any channel. Superusers have every permission; ``is_staff`` alone grants nothing here.
+    """
+
+    #: The permission that lets a user follow every channel.
+    read_all_permission = "agent_channels.view_all_channels"
+    #: The permission that lets a user send control frames to every channel.
+    send_all_permission = "agent_channels.control_all_runs"
+
+    def _allowed(self, user: Any, channel: str, permission: str) -> bool:
         if user is None or not getattr(user, "is_authenticated", False):
             return False
         if not getattr(user, "is_active", True):
             return False
-        if getattr(user, "is_staff", False):
+        if Channel.objects.filter(name=channel, owner_id=user.pk).exists():
             return True
-        return Channel.objects.filter(name=channel, owner_id=user.pk).exists()
+        # Only for other users' channels, so owners pay no permission queries; has_perm
+        # caches the permissions on the user object (once per request or per socket check).
+        return bool(user.has_perm(permission))
 
     def can_read(self, user: Any, channel: str) -> bool:
-        return self._allowed(user, channel)
+        return self._allowed(user, channel, self.read_all_permission)
 
     def can_send(self, user: Any, channel: str) -> bool:
-        return self._allowed(user, channel)
+        return self._allowed(user, channel, self.send_all_permission)
 
     def can_create(self, user: Any, channel: str) -> bool:
         return bool(

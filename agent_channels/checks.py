@@ -19,6 +19,7 @@ from agent_channels.conf import DEFAULTS, get_config
 
 __all__ = [
     "check_access_policy",
+    "check_access_recheck",
     "check_channel_layer",
     "check_database",
     "check_redis_timeouts",
@@ -81,6 +82,22 @@ def check_access_policy(
             )
         ]
     return []
+
+
+@register(Tags.compatibility)
+def check_access_recheck(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    value = get_config()["ACCESS_RECHECK_SECONDS"]
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return []
+    return [
+        Error(
+            f"AGENT_CHANNELS['ACCESS_RECHECK_SECONDS'] = {value!r} is not a number of seconds.",
+            hint="Give a number >= 0, e.g. 30; 0 re-checks access on control frames only.",
+            id="agent_channels.E006",
+        )
+    ]
 
 
 @register(Tags.compatibility)

@@ -31,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
     # Client frames per second a connection may send (token bucket) and the burst it may save up.
     "CLIENT_RATE": 10.0,
     "CLIENT_BURST": 20,
+    # An open socket asks the access policy again this often (and on every control frame), so
+    # a deactivated or logged-out user, or one who lost the channel, is cut off. 0 turns the
+    # periodic check off.
+    "ACCESS_RECHECK_SECONDS": 30.0,
     # Events read from the log per query while a connection catches up.
     "REPLAY_BATCH_SIZE": 500,
     # Live frames a connection keeps in memory while it catches up; past this it rereads the log.

@@ -34,6 +34,12 @@ class Channel(models.Model):
 
     class Meta:
         ordering = ["-last_event_at", "-id"]
+        # Checked by OwnerAccessPolicy for channels the user does not own; grant them to
+        # operators (a group) instead of relying on is_staff. Superusers have every permission.
+        permissions = [
+            ("view_all_channels", "Can follow every channel"),
+            ("control_all_runs", "Can send input, interrupt and cancel to every channel"),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -33,6 +33,16 @@ def chatty(ctx: RunContext, input: Any) -> Any:
     return {"first": first.text, "second": second.text}
 
 
+def unstorable_tool(ctx: RunContext, input: Any) -> Any:
+    """A tool whose result no database stores (the test model always calls "calculator")."""
+    from agent_channels.runtime import Tool
+
+    overflow = Tool("calculator", lambda expression: {"value": float(expression)},
+                    "Returns the number it is given.",
+                    {"type": "object", "properties": {"expression": {"type": "string"}}})
+    return ctx.chat([{"role": "user", "content": input["prompt"]}], tools=[overflow]).text
+
+
 def listener(ctx: RunContext, input: Any) -> Any:
     """Waits; every interrupt is reported with the time this process saw it."""
     seen = 0

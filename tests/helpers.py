@@ -18,3 +18,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
         time.sleep(interval)
+
+
+#: The permissions OwnerAccessPolicy checks for channels a user does not own.
+OPERATOR_PERMISSIONS = ("view_all_channels", "control_all_runs")
+
+
+def create_operator(user_model: Any, username: str, permissions: tuple[str, ...] =
+                    OPERATOR_PERMISSIONS) -> Any:
+    """A staff user granted the agent_channels permissions (staff alone sees nothing)."""
+    from django.contrib.auth.models import Permission
+
+    user = user_model.objects.create_user(username, is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(
+        content_type__app_label="agent_channels", codename__in=permissions))
+    # A fresh instance: has_perm caches permissions on the object it was asked on.
+    return user_model.objects.get(pk=user.pk)

@@ -92,6 +92,7 @@ AGENT_CHANNELS = {
         "fail": "tests.agents.fail",
         "bad_output": "tests.agents.bad_output",
         "chatty": "tests.agents.chatty",
+        "unstorable_tool": "tests.agents.unstorable_tool",
         "listener": "tests.agents.listener",
         "steps": "tests.agents.steps",
         "poller": "tests.agents.poller",

@@ -20,6 +20,7 @@ from agent_channels import publish
 
 from . import procs
 from .procs import ROOT, CeleryWorker, Daphne, run_python
+from .helpers import create_operator
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -55,7 +56,7 @@ def server():
 def session_id(django_user_model):
     # Database work happens before the browser starts: playwright's sync API runs an event
     # loop in this thread, where Django refuses synchronous queries.
-    user = django_user_model.objects.create_user("browser", is_staff=True)
+    user = create_operator(django_user_model, "browser")
     client = Client()
     client.force_login(user)
     return client.cookies["sessionid"].value

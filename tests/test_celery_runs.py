@@ -16,7 +16,7 @@ from agent_channels.models import Event, Run, RunStatus
 from agent_channels.runtime import start_run
 from agent_channels.runtime.backends import reset_backend
 
-from .helpers import wait_for
+from .helpers import create_operator, wait_for
 from .procs import CeleryWorker, Daphne
 
 pytestmark = [
@@ -65,7 +65,7 @@ def daphne(queue):
 
 @pytest.fixture
 def session_cookie(django_user_model):
-    user = django_user_model.objects.create_user("staff", is_staff=True)
+    user = create_operator(django_user_model, "staff")
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}"

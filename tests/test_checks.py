@@ -10,6 +10,7 @@ from agent_channels import access
 from agent_channels import checks as agch_checks
 from agent_channels.checks import (
     check_access_policy,
+    check_access_recheck,
     check_channel_layer,
     check_database,
     check_settings,
@@ -96,6 +97,28 @@ def test_e002_unknown_keys():
 def test_e002_not_raised_for_known_keys(value):
     with override_settings(AGENT_CHANNELS=value):
         assert check_settings() == []
+
+
+# -- E006: how often access is re-checked ---------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [-1, "30", None, True])
+def test_e006_recheck_interval_must_be_a_non_negative_number(value):
+    with override_settings(AGENT_CHANNELS={"ACCESS_RECHECK_SECONDS": value}):
+        assert check_access_recheck() == [
+            Error(
+                f"AGENT_CHANNELS['ACCESS_RECHECK_SECONDS'] = {value!r} is not a number of "
+                "seconds.",
+                hint="Give a number >= 0, e.g. 30; 0 re-checks access on control frames only.",
+                id="agent_channels.E006",
+            )
+        ]
+
+
+@pytest.mark.parametrize("value", [0, 0.5, 30])
+def test_e006_not_raised_for_numbers(value):
+    with override_settings(AGENT_CHANNELS={"ACCESS_RECHECK_SECONDS": value}):
+        assert check_access_recheck() == []
 
 
 # -- E003: the access policy ----------------------------------------------------------------
@@ -340,7 +363,7 @@ def test_every_check_id_is_documented():
     )
     docs = (root / "docs" / "checks.rst").read_text(encoding="utf-8")
     check_ids = set(re.findall(r"agent_channels\.[EW]\d{3}", code))
-    assert len(check_ids) == 14  # E104/E105 (Responses API), E005 (SSE keep-alive)
+    assert len(check_ids) == 15  # + E006 (access re-check interval)
     assert not [i for i in sorted(check_ids) if i not in docs]
 
 

@@ -15,6 +15,7 @@ from agent_channels.channel.retention import prune
 from agent_channels.channel.wire import build_events_message
 from agent_channels.models import Channel, Event
 
+from .helpers import create_operator
 from .wsclient import connect, recv, recv_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,7 +25,7 @@ apublish = sync_to_async(publish)
 
 @pytest.fixture
 def staff(django_user_model):
-    return django_user_model.objects.create_user("staff", is_staff=True)
+    return create_operator(django_user_model, "staff")
 
 
 @pytest.fixture
@@ -336,3 +337,74 @@ async def test_a_dropped_tail_is_fetched_once_the_stream_goes_quiet(staff, setti
     else:
         assert await ws.receive_nothing(0.5)
     await ws.disconnect()
+
+
+# -- access is re-checked while the socket lives ---------------------------------------
+
+
+async def test_a_deactivated_user_is_cut_off_by_the_periodic_recheck(alice, settings):
+    settings.AGENT_CHANNELS = {"ACCESS_RECHECK_SECONDS": 0.05}
+    await sync_to_async(publish)("mine", "tick", owner=alice)
+    ws = await connect("mine", alice)
+    await recv(ws)
+    await recv_events(ws, 1)
+    # Several rechecks pass while access holds: the socket stays open and live.
+    await asyncio.sleep(0.3)
+    await apublish("mine", "tick")
+    assert (await recv_events(ws, 1))[0]["seq"] == 2
+    alice.is_active = False
+    await sync_to_async(alice.save)()
+    frame = await recv(ws)
+    assert frame["type"] == "error" and frame["code"] == "access_revoked"
+    assert (await ws.receive_output(5))["code"] == 4403
+
+
+async def test_a_user_who_loses_the_channel_is_cut_off(alice, django_user_model, settings):
+    settings.AGENT_CHANNELS = {"ACCESS_RECHECK_SECONDS": 0.05}
+    bob = await sync_to_async(django_user_model.objects.create_user)("bob")
+    await sync_to_async(publish)("moved", "tick", owner=alice)
+    ws = await connect("moved", alice)
+    await recv(ws)
+    await recv_events(ws, 1)
+    await sync_to_async(Channel.objects.filter(name="moved").update)(owner=bob)
+    assert (await recv(ws))["code"] == "access_revoked"
+    assert (await ws.receive_output(5))["code"] == 4403
+
+
+async def test_a_control_frame_rechecks_access_before_it_is_stored(alice, settings):
+    settings.AGENT_CHANNELS = {"ACCESS_RECHECK_SECONDS": 0}  # only the frame can notice
+    await sync_to_async(publish)("frames", "tick", owner=alice)
+    ws = await connect("frames", alice)
+    await recv(ws)
+    await recv_events(ws, 1)
+    alice.is_active = False
+    await sync_to_async(alice.save)()
+    await ws.send_to(text_data=json.dumps({"type": "input", "id": "q", "data": "hi"}))
+    assert (await recv(ws))["code"] == "access_revoked"
+    assert (await ws.receive_output(5))["code"] == 4403
+    assert not await sync_to_async(Event.objects.filter(name="client.input").exists)()
+
+
+async def test_logging_out_closes_a_socket_opened_with_the_session(alice, settings):
+    from channels.testing import WebsocketCommunicator
+    from django.test import Client
+
+    from .asgi import application
+    from .wsclient import ORIGIN, path_for
+
+    settings.AGENT_CHANNELS = {"ACCESS_RECHECK_SECONDS": 0.05}
+    await sync_to_async(publish)("session", "tick", owner=alice)
+    client = Client()
+    await sync_to_async(client.force_login)(alice)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.session.session_key}".encode()
+    ws = WebsocketCommunicator(application, path_for("session"),
+                               headers=[ORIGIN, (b"cookie", cookie)])
+    assert (await ws.connect())[0]
+    assert (await recv(ws))["type"] == "hello"
+    await recv_events(ws, 1)
+    await asyncio.sleep(0.2)
+    await apublish("session", "tick")
+    assert (await recv_events(ws, 1))[0]["seq"] == 2
+    await sync_to_async(client.logout)()
+    assert (await recv(ws))["code"] == "access_revoked"
+    assert (await ws.receive_output(5))["code"] == 4403

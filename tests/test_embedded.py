@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 from django.test import Client
 
+from .helpers import create_operator
 from .procs import Daphne
 from .test_celery_runs import ended, follow
 
@@ -28,7 +29,7 @@ def test_a_run_started_over_http_asks_and_gets_its_answer_in_the_web_process(
     daphne, django_user_model
 ):
     client = Client()
-    client.force_login(django_user_model.objects.create_user("staff", is_staff=True))
+    client.force_login(create_operator(django_user_model, "staff"))
     cookie = f"sessionid={client.cookies['sessionid'].value}; csrftoken={TOKEN}"
     request = urllib.request.Request(
         f"http://127.0.0.1:{daphne.port}/agent-channels/emb/runs/",

@@ -16,6 +16,7 @@ from django.test import Client
 
 from agent_channels.channel.log import EventDraft, append
 
+from .helpers import create_operator
 from .procs import Daphne, child_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -25,7 +26,7 @@ CHANNEL = "tenant:7/workflow 42 ✓"
 
 @pytest.fixture
 def cookie(django_user_model):
-    user = django_user_model.objects.create_user("ops", is_staff=True)
+    user = create_operator(django_user_model, "ops")
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}"

@@ -113,3 +113,62 @@ def test_bad_messages_get_json_errors(client, body, code):
     post(client, "/agent-channels/m/runs/", {"agent": "echo"})
     response = post(client, "/agent-channels/m/messages/", body)
     assert response.status_code == 400 and response.json()["code"] == code
+
+
+# -- nobody starts a run in someone else's channel ----------------------------------------
+
+
+def test_start_run_refuses_a_channel_owned_by_someone_else(client, django_user_model):
+    from agent_channels import publish
+    from agent_channels.runtime import RunForbidden, start_run
+
+    from .helpers import create_operator
+
+    publish("alices", "tick", owner=client.user)
+    bob = django_user_model.objects.create_user("bob")
+    with pytest.raises(RunForbidden):
+        start_run("alices", "echo", user=bob)
+    assert not Run.objects.exists()
+    # The owner, an operator who may control every run, and server code (no user) may.
+    operator = create_operator(django_user_model, "op", ("control_all_runs",))
+    for user in (client.user, operator, None):
+        run = start_run("alices", "echo", user=user, on_active="enqueue")
+        assert run.channel.owner == client.user
+    assert Run.objects.count() == 3
+
+
+def test_a_channel_claimed_between_the_check_and_the_start_is_refused(client, django_user_model,
+                                                                    monkeypatch):
+    from agent_channels import publish
+    from agent_channels.views import runs
+
+    real_check = runs.check_send
+    bob = django_user_model.objects.create_user("bob")
+
+    def check_then_race(request, name, create=False):
+        # The name is free when the view checks it; another user takes it right after.
+        denied = real_check(request, name, create=create)
+        publish(name, "tick", owner=bob)
+        return denied
+
+    monkeypatch.setattr(runs, "check_send", check_then_race)
+    response = post(client, "/agent-channels/contested/runs/", {"agent": "echo"})
+    assert response.status_code == 403
+    assert response.json() == {"type": "error", "code": "forbidden",
+                               "message": "You may not send to this channel."}
+    assert not Run.objects.exists()
+
+
+def test_an_existing_channel_and_a_refused_name_get_the_same_answer(client, django_user_model,
+                                                                    settings):
+    from agent_channels import publish
+
+    settings.AGENT_CHANNELS = {"ACCESS_POLICY": "tests.policies.NoClaimsPolicy"}
+    publish("taken", "tick", owner=django_user_model.objects.create_user("bob"))
+    taken = post(client, "/agent-channels/taken/runs/", {"agent": "echo"})
+    free = post(client, "/agent-channels/free/runs/", {"agent": "echo"})
+    assert (taken.status_code, taken.json()) == (free.status_code, free.json())
+    assert taken.status_code == 403
+    # Even a body the view would refuse tells nothing: access is decided first.
+    assert post(client, "/agent-channels/taken/runs/", "not json").json() == free.json()
+    assert not Run.objects.exists()

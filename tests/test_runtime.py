@@ -274,6 +274,16 @@ def test_a_failing_tool_is_reported_to_the_model_not_fatal(llm):
     assert "ZeroDivisionError" in run.output["first"]
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_a_tool_result_no_database_stores_is_a_tool_error_not_a_failed_run(llm, value):
+    run = finished(start_run(f"tool-{value}", "unstorable_tool", {"prompt": f"calculate {value}"}))
+    assert run.status == RunStatus.COMPLETED, run.error
+    tool = events(f"tool-{value}", "tool.completed")[0].data
+    assert tool["ok"] is False and "cannot be stored" in tool["result"]["error"]
+    # The model saw the error as the tool's result and answered with it.
+    assert "cannot be stored" in run.output
+
+
 def test_a_replay_that_takes_different_steps_fails_clearly():
     run = finished(start_run("nondet", "steps"))
     Step.objects.filter(run=run, index=0).update(kind="model")

@@ -11,6 +11,8 @@ from django.test import override_settings
 from agent_channels import publish
 from agent_channels.models import Channel
 
+from .helpers import create_operator
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -164,18 +166,25 @@ def test_inactive_owner_is_treated_as_logged_out(client, owner):
 
 def test_staff_may_read_any_channel(client, owner, django_user_model):
     fill("private", owner, 2)
-    client.force_login(django_user_model.objects.create_user("staff", is_staff=True))
+    client.force_login(create_operator(django_user_model, "staff"))
     assert seqs(get(client, "private")) == [1, 2]
 
 
-def test_unowned_channels_are_staff_only(client, django_user_model):
+def test_staff_without_the_permission_may_not_read_other_channels(client, owner,
+                                                                 django_user_model):
+    fill("private", owner, 1)
+    client.force_login(django_user_model.objects.create_user("clerk", is_staff=True))
+    assert get(client, "private", status=403)["code"] == "forbidden"
+
+
+def test_unowned_channels_are_for_operators_only(client, django_user_model):
     publish("system", "boot")
     client.force_login(django_user_model.objects.create_user("user"))
     assert get(client, "system", status=403)["code"] == "forbidden"
 
 
 def test_missing_channel_reads_as_empty_for_staff(client, django_user_model):
-    client.force_login(django_user_model.objects.create_user("staff", is_staff=True))
+    client.force_login(create_operator(django_user_model, "staff"))
     body = get(client, "not-yet")
     assert body == {"channel": "not-yet", "events": [], "last_seq": 0, "head_seq": 0,
                     "has_more": False}

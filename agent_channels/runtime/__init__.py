@@ -16,6 +16,7 @@ __all__ = [
     "RunConflict",
     "RunContext",
     "RunError",
+    "RunForbidden",
     "Tool",
     "UnknownAgent",
     "agent",
@@ -31,6 +32,7 @@ _EXPORTS = {
     "RunBackend": "agent_channels.runtime.backends",
     "RunContext": "agent_channels.runtime.context",
     "RunError": "agent_channels.runtime.errors",
+    "RunForbidden": "agent_channels.runtime.errors",
     "Tool": "agent_channels.runtime.tools",
     "UnknownAgent": "agent_channels.runtime.errors",
     "agent": "agent_channels.runtime.registry",
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
         Interrupted,
         RunConflict,
         RunError,
+        RunForbidden,
         UnknownAgent,
     )
     from agent_channels.runtime.registry import agent

@@ -6,13 +6,14 @@ from typing import Any, Literal
 
 from django.db import transaction
 
+from agent_channels.access import get_access_policy
 from agent_channels.channel.control import send_control
 from agent_channels.channel.log import EventDraft, InvalidEvent, append, check_storable
 from agent_channels.channel.names import validate_name
 from agent_channels.conf import get_config
 from agent_channels.models import Channel, Run, RunStatus
 from agent_channels.runtime import lifecycle
-from agent_channels.runtime.errors import RunConflict, RunError
+from agent_channels.runtime.errors import RunConflict, RunError, RunForbidden
 from agent_channels.runtime.registry import get_agent
 
 __all__ = ["POLICIES", "start_run"]
@@ -36,6 +37,11 @@ def start_run(
     (default: ``AGENT_CHANNELS["DOUBLE_TEXTING"]``): ``"reject"`` raises
     :class:`RunConflict`, ``"enqueue"`` starts this run after the active one ends,
     ``"interrupt"`` stops the active run (status ``interrupted``) and then starts this one.
+
+    With a ``user``, a channel that already exists and belongs to another user is used only
+    if the access policy lets ``user`` send to it; otherwise :class:`RunForbidden` is
+    raised. ``user=None`` (your own server code) and channels without an owner are not
+    checked here: decide those before calling (the HTTP API asks the policy first).
     """
     validate_name(channel)
     get_agent(agent)
@@ -57,6 +63,15 @@ def start_run(
         # Locking the channel row serialises starts on one channel, so two concurrent
         # starts cannot both see "nothing active".
         row = Channel.objects.select_for_update().get(name=channel)
+        # Decided under the lock: a view's access check ran before the channel may have been
+        # created by someone else, and a run must never land in another user's channel.
+        if (
+            owner_id is not None
+            and row.owner_id is not None
+            and row.owner_id != owner_id
+            and not get_access_policy().can_send(user, channel)
+        ):
+            raise RunForbidden("You may not send to this channel.")
         active = list(Run.objects.active().filter(channel=row).order_by("created_at"))
         if active and policy == "reject":
             raise RunConflict(

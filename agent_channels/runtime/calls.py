@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent_channels.channel.log import EventDraft, append
+from agent_channels.channel.log import EventDraft, InvalidEvent, append, check_storable
 from agent_channels.channel.publishing import MessageStream
 from agent_channels.conf import get_config
 from agent_channels.models import Event, Step, StepStatus
@@ -596,8 +596,13 @@ def tool_call(ctx: RunContext, call: dict[str, Any], tool_map: dict[str, Tool]) 
             if found is None:
                 raise LookupError(f"The model asked for an unknown tool {name!r}.")
             output: Any = found(**arguments)
-            json.dumps(output)
+            # The result goes into an event and the journal: one the database cannot store
+            # (inf, NaN, NUL, an object) would fail the whole run, so the model gets an error.
+            check_storable(output)
             ok = True
+        except InvalidEvent as exc:
+            output = {"error": f"The tool's result cannot be stored: {exc}"}
+            ok = False
         except Exception as exc:
             # The model gets the error as the tool's result and may recover from it.
             output = {"error": f"{type(exc).__name__}: {exc}"}

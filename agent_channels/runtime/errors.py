@@ -10,6 +10,7 @@ __all__ = [
     "NonDeterministicReplay",
     "RunConflict",
     "RunError",
+    "RunForbidden",
     "Superseded",
     "Suspended",
     "TimeLimitExceeded",
@@ -31,6 +32,10 @@ class RunConflict(RunError):
     def __init__(self, message: str, active_run_id: Any = None) -> None:
         super().__init__(message)
         self.active_run_id = active_run_id
+
+
+class RunForbidden(RunError, PermissionError):
+    """The channel exists, and the access policy does not let the starting user send to it."""
 
 
 class NonDeterministicReplay(RunError):

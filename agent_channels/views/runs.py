@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from agent_channels.channel.names import InvalidChannelName, validate_name
 from agent_channels.models import Run
 from agent_channels.runtime.api import POLICIES, start_run
-from agent_channels.runtime.errors import RunConflict, RunError, UnknownAgent
+from agent_channels.runtime.errors import RunConflict, RunError, RunForbidden, UnknownAgent
 from agent_channels.views.http import check_read, check_send, error, json_body
 from agent_channels.ws.frames import FrameError
 
@@ -65,6 +65,9 @@ def create_run(request: HttpRequest, channel: str) -> JsonResponse:
         run = start_run(name, agent, body.get("input"), user=user, on_active=on_active)
     except UnknownAgent as exc:
         return error(400, "unknown_agent", str(exc))
+    except RunForbidden:
+        # The same answer as check_send's: nothing tells an existing channel from a refused name.
+        return error(403, "forbidden", "You may not send to this channel.")
     except RunConflict as exc:
         return error(409, "run_active", str(exc), run=str(exc.active_run_id))
     except RunError as exc:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from importlib import import_module
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.db import close_old_connections
 
 from agent_channels.access import get_access_policy
 from agent_channels.channel.control import asend_control
@@ -49,6 +54,8 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.pump: Pump | None = None
         self.pump_task: asyncio.Task[None] | None = None
         self.presence_task: asyncio.Task[None] | None = None
+        self.recheck_task: asyncio.Task[None] | None = None
+        self.revoked = False
 
     async def connect(self) -> None:
         register_server_loop(asyncio.get_running_loop())
@@ -143,6 +150,9 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 self.channel, self.channel_name, self.user, self.can_send, self._send_text
             )
             self.presence_task = asyncio.create_task(tracker.run())
+        interval = float(self.config["ACCESS_RECHECK_SECONDS"] or 0)
+        if interval > 0:
+            self.recheck_task = asyncio.create_task(self._recheck_every(interval))
 
     def _since(self) -> int | None:
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -158,11 +168,73 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         result: tuple[bool, bool] = await database_sync_to_async(self._authorize_sync)()
         return result
 
-    def _authorize_sync(self) -> tuple[bool, bool]:
+    def _authorize_sync(self, *, reload: bool = False) -> tuple[bool, bool]:
+        if reload:
+            self.user = self._current_user()
         policy = get_access_policy()
         if not policy.can_read(self.user, self.channel):
             return False, False
         return True, policy.can_send(self.user, self.channel)
+
+    def _current_user(self) -> Any:
+        """The connection's user as the database and session store see it now.
+
+        The scope's user was loaded once at connect. With a session (AuthMiddleware), the
+        session is read again from its store, so a logout, a password change or a
+        deactivation (ModelBackend refuses inactive users) yields the anonymous user. Without
+        one, the user row is read again.
+        """
+        user = self.user
+        if user is None or not getattr(user, "is_authenticated", False):
+            return user
+        session = self.scope.get("session")
+        session_key = getattr(session, "session_key", None)
+        if session is not None and session_key:
+            # Django's own get_user only needs request.session; a fresh store object rereads
+            # the session instead of the copy loaded at connect.
+            store = import_module(settings.SESSION_ENGINE).SessionStore
+            request = SimpleNamespace(session=store(session_key=session_key))
+            return get_user(request)  # type: ignore[arg-type]
+        return type(user)._default_manager.filter(pk=user.pk).first()
+
+    def _recheck_sync(self) -> tuple[bool, bool]:
+        try:
+            return self._authorize_sync(reload=True)
+        finally:
+            # asgiref runs this in a copy of the calling task's context, and Django keeps
+            # connections per context: database_sync_to_async's own clean-up, outside that
+            # copy, would miss the connection the re-check task opened and leave it open.
+            close_old_connections()
+
+    async def _recheck(self) -> bool:
+        """Ask the policy again; close with 4403 and say why if the user may no longer read."""
+        can_read, can_send = await database_sync_to_async(self._recheck_sync)()
+        self.can_send = can_send
+        if can_read:
+            return True
+        if self.revoked:  # the other path (frame or timer) already said so and closed
+            return False
+        self.revoked = True
+        self._stop_pump()
+        await self._fail(
+            close_codes.FORBIDDEN,
+            "access_revoked",
+            "You may no longer follow this channel (logged out, deactivated or access removed).",
+        )
+        return False
+
+    async def _recheck_every(self, interval: float) -> None:
+        # One policy call per socket per interval, never one per event.
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self._recheck():
+                    return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A database hiccup is no reason to cut readers off; the next pass asks again.
+                logger.exception("agent_channels: re-checking access to %r failed", self.channel)
 
     async def _head(self) -> Head:
         return await read_head(self.channel)
@@ -203,8 +275,9 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             )
 
     def _stop_pump(self) -> None:
-        for task in (self.pump_task, self.presence_task):
-            if task is not None:
+        tasks = (self.pump_task, self.presence_task, self.recheck_task)
+        for task in tasks:
+            if task is not None and task is not asyncio.current_task():
                 task.cancel()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -234,7 +307,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     # -- client frames -----------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.pump is None:
+        if self.pump is None or self.revoked:
             return
         try:
             if not self.bucket.allow():
@@ -245,6 +318,16 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         if frame.type == "ping":
             await self.send(text_data=dumps({"type": "pong", "id": frame.id}))
+            return
+        try:
+            allowed = await self._recheck()
+        except Exception:
+            logger.exception("agent_channels: re-checking access to %r failed", self.channel)
+            await self._reply_error(
+                "unavailable", "The frame could not be checked; send it again.", frame.id
+            )
+            return
+        if not allowed:
             return
         if not self.can_send:
             await self._reply_error(

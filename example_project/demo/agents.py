@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import math
 import operator
 from typing import Any
 
@@ -21,17 +22,43 @@ _OPERATORS: dict[type, Any] = {
 }
 
 
+#: Every operand and result stays within 10**±100 digits' reach: the expression comes from
+#: the model, and ``(((9**99)**99)**99)**99`` would otherwise build a 90-million-digit
+#: integer while holding the GIL (freezing the web process under the in-process backend).
+_MAX_DIGITS = 100
+_MAX_MAGNITUDE = 10**_MAX_DIGITS
+
+
+def _checked(value: Any) -> float:
+    # bool is an int; complex comes from a negative base to a fractional power.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("the result is not a real number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("the result is too large")
+    if abs(value) > _MAX_MAGNITUDE:
+        raise ValueError(f"numbers may have at most {_MAX_DIGITS} digits")
+    return value
+
+
+def _power(base: float, exponent: float) -> float:
+    # Refused before computing: the result's size is known from the logarithm.
+    if base != 0 and exponent * math.log10(abs(base)) > _MAX_DIGITS:
+        raise ValueError(f"numbers may have at most {_MAX_DIGITS} digits")
+    return _checked(operator.pow(base, exponent))
+
+
 def _evaluate(node: ast.AST) -> float:
     if isinstance(node, ast.Expression):
         return _evaluate(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-        return node.value
+    if isinstance(node, ast.Constant):
+        return _checked(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        if isinstance(node.op, ast.Pow) and abs(_evaluate(node.right)) > 100:
-            raise ValueError("exponent too large")
-        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Pow):
+            return _power(left, right)
+        return _checked(_OPERATORS[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
-        return _OPERATORS[type(node.op)](_evaluate(node.operand))
+        return _checked(_OPERATORS[type(node.op)](_evaluate(node.operand)))
     raise ValueError("only numbers and + - * / % ** are allowed")
 
 
