@@ -68,6 +68,11 @@ DATABASES = {
     "default": database_from_url(POSTGRES_URL if DB_KIND == "postgres" else None, _sqlite_file)
 }
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+if DB_KIND == "postgres" and os.environ.get("AGCH_DB_POOL"):
+    # Worker processes of the thread-pool tests: Django's psycopg pool of this many connections.
+    DATABASES["default"]["OPTIONS"]["pool"] = {
+        "min_size": 1, "max_size": int(os.environ["AGCH_DB_POOL"]), "timeout": 30,
+    }
 if DB_KIND == "postgres":
     DATABASES["default"]["TEST"] = {"NAME": f"test_agch_{RUN_ID}"}
 else:

@@ -41,12 +41,21 @@ def queue(settings, llm):
     reset_backend()
 
 
-@pytest.fixture
-def workers(queue):
+#: Worker pools every test here runs under: one run per process, and many runs in threads
+#: of one process sharing a database pool smaller than the thread count (each run's
+#: thread gives its connection back between writes; docs/deployment.rst).
+POOLS = {
+    "solo": {"pool": "solo", "concurrency": 1},
+    "threads": {"pool": "threads", "concurrency": 8, "AGCH_DB_POOL": "3"},
+}
+
+
+@pytest.fixture(params=list(POOLS))
+def workers(request, queue):
     started: list[CeleryWorker] = []
 
-    def start() -> CeleryWorker:
-        worker = CeleryWorker(queue)
+    def start(**options) -> CeleryWorker:
+        worker = CeleryWorker(queue, **{**POOLS[request.param], **options})
         started.append(worker)
         return worker
 
@@ -150,7 +159,7 @@ def test_interrupt_and_cancel_from_a_websocket_stop_the_worker_mid_stream(
 
 
 def test_input_round_trip_releases_the_worker_while_waiting(workers, daphne, session_cookie):
-    workers()  # one worker, one slot: the second run can only run if the first let go
+    workers()  # solo: one slot, so the second run can only run if the first let go
     asking = start_run("ws-ask", "approval", {"action": "merge"})
     wait_for(lambda: Run.objects.get(pk=asking.pk).status == RunStatus.WAITING, 30)
     other = finished(start_run("ws-other", "echo", "meanwhile"))
@@ -174,7 +183,7 @@ def test_a_sigkilled_worker_costs_only_the_step_it_was_in(workers, llm):
     assert llm.count == 2  # the tool call and the answer after it
     llm.reply_tokens, llm.delay = 200, 0.02
     wait_for(lambda: llm.count == 3 and len(names("crash", "message.delta")) >= 2, 30)
-    first.kill()
+    first.kill_group()
     llm.delay = 0.0
     workers()  # its reaper finds the run's heartbeat stale and restarts it
     finished(run, 60)
@@ -203,3 +212,33 @@ def test_double_texting_enqueue_and_interrupt_on_celery(workers):
     assert first.status == RunStatus.INTERRUPTED
     assert queued.status == RunStatus.INTERRUPTED  # superseded before it ever started
     assert third.status == RunStatus.COMPLETED
+
+
+def overlap(runs: list[Run]) -> int:
+    """The most runs that were streaming at once, in the order the database took their
+    events (event ids), not in clock times taken before a thread got a connection."""
+    edges = []
+    for run in runs:
+        ids = Event.objects.filter(run=run, name__in=["run.started", "run.completed"]).values_list(
+            "id", flat=True)
+        edges += [(min(ids), 1), (max(ids), -1)]
+    most = current = 0
+    for _id, step in sorted(edges):
+        current += step
+        most = max(most, current)
+    return most
+
+
+@pytest.mark.parametrize("workers", ["threads"], indirect=True)
+def test_one_thread_pool_worker_carries_many_runs_on_few_connections(workers):
+    # 12 runs of 2 s each on one process whose database pool has 3 connections: a thread
+    # holding its connection for the whole run would leave 9 runs queuing for the pool.
+    workers(concurrency=12, AGCH_DB_POOL="3")
+    runs = [start_run(f"many-{i}", "demo", {"tokens": 40, "interval_ms": 50}) for i in range(12)]
+    for run in runs:
+        finished(run, 60)
+    assert [run.status for run in runs] == [RunStatus.COMPLETED] * 12, [r.error for r in runs]
+    assert overlap(runs) == 12
+    for run in runs:
+        text = Event.objects.get(run=run, name="message.completed").data["text"]
+        assert text == "".join(f"tok{i} " for i in range(40))
