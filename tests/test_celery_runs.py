@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 import uuid
 
@@ -47,10 +49,12 @@ def queue(settings, llm):
 POOLS = {
     "solo": {"pool": "solo", "concurrency": 1},
     "threads": {"pool": "threads", "concurrency": 8, "AGCH_DB_POOL": "3"},
+    # Only where a test asks for it: child processes under a parent.
+    "prefork": {"pool": "prefork", "concurrency": 2},
 }
 
 
-@pytest.fixture(params=list(POOLS))
+@pytest.fixture(params=["solo", "threads"])
 def workers(request, queue):
     started: list[CeleryWorker] = []
 
@@ -176,26 +180,50 @@ def test_input_round_trip_releases_the_worker_while_waiting(workers, daphne, ses
     assert "input.received" in [f["event"] for f in frames]
 
 
-def test_a_sigkilled_worker_costs_only_the_step_it_was_in(workers, llm):
-    first = workers()
-    run = start_run("crash", "chatty", {"prompt": "calculate 6*7", "pause_ms": 300})
-    wait_for(lambda: "custom.between" in names("crash"), 30)
+def crash_mid_stream(llm, channel: str) -> Run:
+    """A run that has finished a tool call and a model call and is streaming the next."""
+    run = start_run(channel, "chatty", {"prompt": "calculate 6*7", "pause_ms": 300})
+    wait_for(lambda: "custom.between" in names(channel), 30)
     assert llm.count == 2  # the tool call and the answer after it
     llm.reply_tokens, llm.delay = 200, 0.02
-    wait_for(lambda: llm.count == 3 and len(names("crash", "message.delta")) >= 2, 30)
-    first.kill_group()
-    llm.delay = 0.0
-    workers()  # its reaper finds the run's heartbeat stale and restarts it
-    finished(run, 60)
+    wait_for(lambda: llm.count == 3 and len(names(channel, "message.delta")) >= 2, 30)
+    return run
+
+
+def assert_recovered_from_the_journal(run: Run, llm, channel: str) -> None:
     assert run.status == RunStatus.COMPLETED, run.error
     assert run.attempts == 2
     assert llm.count == 4, "only the model call that was cut off runs again"
-    assert names("crash", "tool.") == ["tool.started", "tool.completed"]
-    aborted = Event.objects.get(channel__name="crash", name="message.aborted")
+    assert names(channel, "tool.") == ["tool.started", "tool.completed"]
+    aborted = Event.objects.get(channel__name=channel, name="message.aborted")
     assert aborted.data["reason"] == "worker_lost" and aborted.data["text"].startswith("w0")
-    started = list(Event.objects.filter(channel__name="crash", name="run.started").values_list("data", flat=True))
+    started = list(Event.objects.filter(channel__name=channel, name="run.started").values_list("data", flat=True))
     assert started == [{"attempt": 1, "recovered": False}, {"attempt": 2, "recovered": True}]
     assert run.output["second"].startswith("w0 w1")
+
+
+@pytest.mark.parametrize("workers", ["solo", "threads", "prefork"], indirect=True)
+def test_a_worker_whose_process_group_is_sigkilled_costs_only_the_step_it_was_in(workers, llm):
+    first = workers()
+    run = crash_mid_stream(llm, "crash")
+    first.kill_group()  # the worker and its children: a lost machine
+    llm.delay = 0.0
+    workers()  # its reaper finds the run's worker gone (or its heartbeat stale) and restarts it
+    finished(run, 60)
+    assert_recovered_from_the_journal(run, llm, "crash")
+
+
+@pytest.mark.parametrize("workers", ["prefork"], indirect=True)
+def test_a_pool_child_killed_alone_is_replaced_and_its_run_resumes(workers, llm):
+    workers()
+    run = crash_mid_stream(llm, "child")
+    run.refresh_from_db()
+    child = int(run.worker.split(":")[1])
+    os.kill(child, signal.SIGKILL)  # the parent lives on, requeues the task, forks anew
+    llm.delay = 0.0
+    finished(run, 60)
+    assert_recovered_from_the_journal(run, llm, "child")
+    assert int(run.worker.split(":")[1]) != child
 
 
 def test_double_texting_enqueue_and_interrupt_on_celery(workers):

@@ -44,13 +44,49 @@ TERMINAL_EVENTS = {
 
 
 @cache
+def machine() -> str:
+    """This host and PID namespace: where a worker's pid can be checked with ``kill(pid, 0)``.
+
+    Two containers may share a hostname but not their pids, so the namespace is part of it.
+    """
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "?"
+    return f"{socket.gethostname()}~{namespace}"
+
+
+@cache
 def _worker_id(pid: int) -> str:
-    return f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
+    return f"{machine()}:{pid}:{uuid.uuid4().hex[:8]}"
 
 
 def worker_id() -> str:
     """Identifies this process in ``Run.worker`` (new after a fork)."""
     return _worker_id(os.getpid())
+
+
+def worker_gone(worker: str) -> bool:
+    """True when ``worker`` was a process of this machine that no longer exists.
+
+    A prefork child or a whole worker killed next to a live one is then noticed at once
+    instead of after ``STALE_AFTER_SECONDS``; workers on other machines still need the
+    heartbeat to go stale.
+    """
+    where, _, rest = worker.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if where != machine() or not pid_text.isdigit() or "?" in where:
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (EPERM: another user's process)
+    return False
 
 
 def _event(run: Run, channel: str, name: str, data: dict[str, Any]) -> None:
@@ -90,7 +126,7 @@ def claim(run_id: Any) -> tuple[Run, bool] | None:
                 return None
             recovering = False
         elif run.status == RunStatus.RUNNING and (
-            run.heartbeat_at is None or run.heartbeat_at < stale
+            run.heartbeat_at is None or run.heartbeat_at < stale or worker_gone(run.worker)
         ):
             recovering = True
         else:
@@ -248,6 +284,17 @@ def reap() -> int:
         .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
         .values_list("pk", flat=True)[:100]
     )
+    # Runs of dead processes on this machine need not wait for their heartbeat to go stale.
+    neighbours = (
+        Run.objects.filter(status=RunStatus.RUNNING, worker__startswith=f"{machine()}:")
+        .exclude(worker=worker_id())
+        .exclude(pk__in=run_ids)
+        .values_list("pk", "worker")[:1000]
+    )
+    gone: dict[str, bool] = {}
+    for run_id, worker in neighbours:
+        if gone.setdefault(worker, worker_gone(worker)):
+            run_ids.append(run_id)
     # Queued runs whose task message was lost (a broker restart, a failed claim): old, and
     # nothing ahead of them on their channel. Enqueueing twice is harmless (the claim).
     busy_channels = Run.objects.filter(status__in=[RunStatus.RUNNING, RunStatus.WAITING]).values(
