@@ -109,6 +109,9 @@ AGENT_CHANNELS = {
         else "agent_channels.runtime.backends.inprocess.InProcessBackend"
     ),
     "CELERY_APP": "tests.celery_app.app",
+    # The suite's own process has no connection pool (worker processes get one with
+    # AGCH_DB_POOL): few threads, so check W110 has nothing to say.
+    "INPROCESS_WORKERS": 16,
     # Short, so that the tests see a dead worker's run restarted within seconds.
     "HEARTBEAT_SECONDS": float(os.environ.get("AGCH_HEARTBEAT", "0.5")),
     "STALE_AFTER_SECONDS": float(os.environ.get("AGCH_STALE_AFTER", "3")),

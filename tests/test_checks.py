@@ -322,7 +322,9 @@ def test_the_suites_own_database_passes():
 
 
 @override_settings(
-    DEBUG=True, CHANNEL_LAYERS={}, AGENT_CHANNELS={"ACCESS_POLICY": "tests.test_checks.NotAPolicy", "X": 1}
+    DEBUG=True, CHANNEL_LAYERS={},
+    # INPROCESS_WORKERS: few threads, so the suite's unpooled PostgreSQL draws no W110.
+    AGENT_CHANNELS={"ACCESS_POLICY": "tests.test_checks.NotAPolicy", "X": 1, "INPROCESS_WORKERS": 16},
 )
 def test_checks_are_registered_with_django():
     found = {m.id for m in checks.run_checks() if m.id and m.id.startswith("agent_channels.")}

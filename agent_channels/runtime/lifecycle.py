@@ -26,6 +26,7 @@ __all__ = [
     "claim",
     "enqueue",
     "finish",
+    "queue_position",
     "reap",
     "resume_waiting",
     "set_waiting",
@@ -226,7 +227,16 @@ def resume_waiting(channel: str) -> int:
             if Run.objects.filter(pk=run_id, status=RunStatus.WAITING).update(
                 status=RunStatus.QUEUED
             ):
-                append(channel, [EventDraft("run.queued", {"resumed": True}, run_id)])
+                append(
+                    channel,
+                    [
+                        EventDraft(
+                            "run.queued",
+                            {"resumed": True, "reason": WAITING_FOR_WORKER, "behind": 0},
+                            run_id,
+                        )
+                    ],
+                )
                 enqueue(run_id)
                 resumed += 1
     return resumed
@@ -312,3 +322,39 @@ def reap() -> int:
             logger.warning("agent_channels: run %s lost its worker or task; enqueueing it", run_id)
             backend.enqueue(str(run_id))
     return len(run_ids)
+
+
+#: Why a queued run has not started: another run of its channel is active (runs of one
+#: channel never overlap), or it waits for a free worker slot.
+CHANNEL_BUSY, WAITING_FOR_WORKER = "channel_busy", "waiting_for_worker"
+
+
+def queue_position(run: Run) -> dict[str, Any] | None:
+    """Why a queued run waits and how many runs are ahead of it; None unless it is queued.
+
+    ``{"reason": "channel_busy", "ahead": n}``: n runs of its channel go first.
+    ``{"reason": "waiting_for_worker", "ahead": n}``: n runs of other channels, queued
+    earlier and free to start, wait for a worker too (a worker claims in queue order,
+    roughly: brokers do not promise it).
+    """
+    if run.status != RunStatus.QUEUED:
+        return None
+    active = [RunStatus.RUNNING, RunStatus.WAITING]
+    on_channel = (
+        Run.objects.filter(channel_id=run.channel_id)
+        .filter(Q(status__in=active) | Q(status=RunStatus.QUEUED, created_at__lt=run.created_at))
+        .exclude(pk=run.pk)
+        .count()
+    )
+    if on_channel:
+        return {"reason": CHANNEL_BUSY, "ahead": on_channel}
+    busy_channels = Run.objects.filter(status__in=active).values("channel_id")
+    earlier = (
+        Run.objects.filter(status=RunStatus.QUEUED, created_at__lt=run.created_at)
+        .exclude(channel_id__in=busy_channels)
+        .order_by()
+        .values("channel_id")
+        .distinct()
+        .count()
+    )
+    return {"reason": WAITING_FOR_WORKER, "ahead": earlier}
