@@ -270,3 +270,17 @@ def test_one_thread_pool_worker_carries_many_runs_on_few_connections(workers):
     for run in runs:
         text = Event.objects.get(run=run, name="message.completed").data["text"]
         assert text == "".join(f"tok{i} " for i in range(40))
+
+
+@pytest.mark.parametrize("workers", ["threads"], indirect=True)
+def test_runs_that_wait_without_writing_do_not_hold_pooled_connections(workers):
+    # 6 runs sleep in ctx.sleep on a process with 2 pooled connections; one that kept the
+    # connection it claimed with would leave the rest blocked in the pool.
+    workers(concurrency=8, AGCH_DB_POOL="2")
+    runs = [start_run(f"idle-{i}", "listener", {"seconds": 60}) for i in range(6)]
+    wait_for(lambda: Run.objects.filter(pk__in=[r.pk for r in runs], status=RunStatus.RUNNING)
+             .count() == 6, 30)
+    for run in runs:
+        start_run(run.channel.name, "echo", "next", on_active="interrupt")
+    for run in runs:
+        assert finished(run, 60).status == RunStatus.INTERRUPTED
