@@ -72,19 +72,22 @@ DEFAULTS: dict[str, Any] = {
     "CELERY_APP": None,
     # The Celery queue runs are sent to; None means the app's default queue.
     "CELERY_QUEUE": None,
-    # Threads of the in-process backend: runs executing at once in one web process.
-    "INPROCESS_WORKERS": 4,
+    # Threads of the in-process backend: runs executing at once in one web process. A run
+    # mostly waits on its model, so one process carries many (docs/deployment.rst).
+    "INPROCESS_WORKERS": 100,
     # What starting a run does while another run of the channel is active:
     # "reject", "enqueue" (start after it) or "interrupt" (stop it, then start).
     "DOUBLE_TEXTING": "reject",
     # Seconds a run may take from its first start before it fails; a run may set its own.
     "RUN_TIME_LIMIT": 3600,
-    # A worker proves a run is alive this often...
-    "HEARTBEAT_SECONDS": 5.0,
-    # ...and a running run whose heartbeat is older than this is presumed dead and restarted.
-    "STALE_AFTER_SECONDS": 60.0,
-    # How often each worker process looks for dead runs (0 disables the reaper).
-    "REAP_EVERY_SECONDS": 30.0,
+    # A worker proves its runs are alive this often (one UPDATE per process per beat)...
+    "HEARTBEAT_SECONDS": 1.5,
+    # ...and a running run whose heartbeat is older than this is presumed dead and restarted
+    # (at least 3 beats: check agent_channels.E111).
+    "STALE_AFTER_SECONDS": 6.0,
+    # How often each worker process looks for dead runs (0 disables the reaper). With the
+    # two above, a lost worker's run continues elsewhere about 4-8 s after the loss.
+    "REAP_EVERY_SECONDS": 2.0,
     # Starts a run gets (the first included) before a dead worker makes it fail instead.
     "MAX_ATTEMPTS": 3,
     # The model for ctx.chat(); None means the OPENAI_MODEL environment variable, then gpt-4o-mini.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -83,20 +84,30 @@ class Daphne:
 
 
 class CeleryWorker:
-    """A real Celery worker process (solo pool) executing runs from ``queue``."""
+    """A real Celery worker process executing runs from ``queue``.
 
-    def __init__(self, queue: str, **env: str) -> None:
+    ``pool``: "solo" (one run at a time), "threads" (``concurrency`` runs in threads of one
+    process) or "prefork" (``concurrency`` child processes). The worker leads a process
+    group of its own, so :meth:`kill_group` can take out it and its children at once.
+    """
+
+    def __init__(self, queue: str, pool: str = "solo", concurrency: int = 1, **env: str) -> None:
         self.queue = queue
         self.log_path = ROOT / f".celery-{queue}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "--pool=solo",
-             "--concurrency=1", "-Q", queue, "--without-gossip", "--without-mingle",
+            [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", f"--pool={pool}",
+             f"--concurrency={concurrency}", "-Q", queue, "--without-gossip", "--without-mingle",
              "--without-heartbeat", "-l", "info", "-n", f"{queue}-{time.monotonic_ns()}@%h"],
             env=child_env(AGCH_RUN_BACKEND="celery", AGCH_CELERY_QUEUE=queue, **env),
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.wait_ready()
+
+    def kill_group(self) -> None:
+        """SIGKILL the worker's whole process group: a lost machine, children included."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

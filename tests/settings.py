@@ -68,6 +68,11 @@ DATABASES = {
     "default": database_from_url(POSTGRES_URL if DB_KIND == "postgres" else None, _sqlite_file)
 }
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+if DB_KIND == "postgres" and os.environ.get("AGCH_DB_POOL"):
+    # Worker processes of the thread-pool tests: Django's psycopg pool of this many connections.
+    DATABASES["default"]["OPTIONS"]["pool"] = {
+        "min_size": 1, "max_size": int(os.environ["AGCH_DB_POOL"]), "timeout": 30,
+    }
 if DB_KIND == "postgres":
     DATABASES["default"]["TEST"] = {"NAME": f"test_agch_{RUN_ID}"}
 else:
@@ -105,6 +110,9 @@ AGENT_CHANNELS = {
         else "agent_channels.runtime.backends.inprocess.InProcessBackend"
     ),
     "CELERY_APP": "tests.celery_app.app",
+    # The suite's own process has no connection pool (worker processes get one with
+    # AGCH_DB_POOL): few threads, so check W110 has nothing to say.
+    "INPROCESS_WORKERS": 16,
     # Short, so that the tests see a dead worker's run restarted within seconds.
     "HEARTBEAT_SECONDS": float(os.environ.get("AGCH_HEARTBEAT", "0.5")),
     "STALE_AFTER_SECONDS": float(os.environ.get("AGCH_STALE_AFTER", "3")),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 import uuid
 
@@ -41,12 +43,23 @@ def queue(settings, llm):
     reset_backend()
 
 
-@pytest.fixture
-def workers(queue):
+#: Worker pools every test here runs under: one run per process, and many runs in threads
+#: of one process sharing a database pool smaller than the thread count (each run's
+#: thread gives its connection back between writes; docs/deployment.rst).
+POOLS = {
+    "solo": {"pool": "solo", "concurrency": 1},
+    "threads": {"pool": "threads", "concurrency": 8, "AGCH_DB_POOL": "3"},
+    # Only where a test asks for it: child processes under a parent.
+    "prefork": {"pool": "prefork", "concurrency": 2},
+}
+
+
+@pytest.fixture(params=["solo", "threads"])
+def workers(request, queue):
     started: list[CeleryWorker] = []
 
-    def start() -> CeleryWorker:
-        worker = CeleryWorker(queue)
+    def start(**options) -> CeleryWorker:
+        worker = CeleryWorker(queue, **{**POOLS[request.param], **options})
         started.append(worker)
         return worker
 
@@ -150,7 +163,7 @@ def test_interrupt_and_cancel_from_a_websocket_stop_the_worker_mid_stream(
 
 
 def test_input_round_trip_releases_the_worker_while_waiting(workers, daphne, session_cookie):
-    workers()  # one worker, one slot: the second run can only run if the first let go
+    workers()  # solo: one slot, so the second run can only run if the first let go
     asking = start_run("ws-ask", "approval", {"action": "merge"})
     wait_for(lambda: Run.objects.get(pk=asking.pk).status == RunStatus.WAITING, 30)
     other = finished(start_run("ws-other", "echo", "meanwhile"))
@@ -167,26 +180,50 @@ def test_input_round_trip_releases_the_worker_while_waiting(workers, daphne, ses
     assert "input.received" in [f["event"] for f in frames]
 
 
-def test_a_sigkilled_worker_costs_only_the_step_it_was_in(workers, llm):
-    first = workers()
-    run = start_run("crash", "chatty", {"prompt": "calculate 6*7", "pause_ms": 300})
-    wait_for(lambda: "custom.between" in names("crash"), 30)
+def crash_mid_stream(llm, channel: str) -> Run:
+    """A run that has finished a tool call and a model call and is streaming the next."""
+    run = start_run(channel, "chatty", {"prompt": "calculate 6*7", "pause_ms": 300})
+    wait_for(lambda: "custom.between" in names(channel), 30)
     assert llm.count == 2  # the tool call and the answer after it
     llm.reply_tokens, llm.delay = 200, 0.02
-    wait_for(lambda: llm.count == 3 and len(names("crash", "message.delta")) >= 2, 30)
-    first.kill()
-    llm.delay = 0.0
-    workers()  # its reaper finds the run's heartbeat stale and restarts it
-    finished(run, 60)
+    wait_for(lambda: llm.count == 3 and len(names(channel, "message.delta")) >= 2, 30)
+    return run
+
+
+def assert_recovered_from_the_journal(run: Run, llm, channel: str) -> None:
     assert run.status == RunStatus.COMPLETED, run.error
     assert run.attempts == 2
     assert llm.count == 4, "only the model call that was cut off runs again"
-    assert names("crash", "tool.") == ["tool.started", "tool.completed"]
-    aborted = Event.objects.get(channel__name="crash", name="message.aborted")
+    assert names(channel, "tool.") == ["tool.started", "tool.completed"]
+    aborted = Event.objects.get(channel__name=channel, name="message.aborted")
     assert aborted.data["reason"] == "worker_lost" and aborted.data["text"].startswith("w0")
-    started = list(Event.objects.filter(channel__name="crash", name="run.started").values_list("data", flat=True))
+    started = list(Event.objects.filter(channel__name=channel, name="run.started").values_list("data", flat=True))
     assert started == [{"attempt": 1, "recovered": False}, {"attempt": 2, "recovered": True}]
     assert run.output["second"].startswith("w0 w1")
+
+
+@pytest.mark.parametrize("workers", ["solo", "threads", "prefork"], indirect=True)
+def test_a_worker_whose_process_group_is_sigkilled_costs_only_the_step_it_was_in(workers, llm):
+    first = workers()
+    run = crash_mid_stream(llm, "crash")
+    first.kill_group()  # the worker and its children: a lost machine
+    llm.delay = 0.0
+    workers()  # its reaper finds the run's worker gone (or its heartbeat stale) and restarts it
+    finished(run, 60)
+    assert_recovered_from_the_journal(run, llm, "crash")
+
+
+@pytest.mark.parametrize("workers", ["prefork"], indirect=True)
+def test_a_pool_child_killed_alone_is_replaced_and_its_run_resumes(workers, llm):
+    workers()
+    run = crash_mid_stream(llm, "child")
+    run.refresh_from_db()
+    child = int(run.worker.split(":")[1])
+    os.kill(child, signal.SIGKILL)  # the parent lives on, requeues the task, forks anew
+    llm.delay = 0.0
+    finished(run, 60)
+    assert_recovered_from_the_journal(run, llm, "child")
+    assert int(run.worker.split(":")[1]) != child
 
 
 def test_double_texting_enqueue_and_interrupt_on_celery(workers):
@@ -203,3 +240,47 @@ def test_double_texting_enqueue_and_interrupt_on_celery(workers):
     assert first.status == RunStatus.INTERRUPTED
     assert queued.status == RunStatus.INTERRUPTED  # superseded before it ever started
     assert third.status == RunStatus.COMPLETED
+
+
+def overlap(runs: list[Run]) -> int:
+    """The most runs that were streaming at once, in the order the database took their
+    events (event ids), not in clock times taken before a thread got a connection."""
+    edges = []
+    for run in runs:
+        ids = Event.objects.filter(run=run, name__in=["run.started", "run.completed"]).values_list(
+            "id", flat=True)
+        edges += [(min(ids), 1), (max(ids), -1)]
+    most = current = 0
+    for _id, step in sorted(edges):
+        current += step
+        most = max(most, current)
+    return most
+
+
+@pytest.mark.parametrize("workers", ["threads"], indirect=True)
+def test_one_thread_pool_worker_carries_many_runs_on_few_connections(workers):
+    # 12 runs of 2 s each on one process whose database pool has 3 connections: a thread
+    # holding its connection for the whole run would leave 9 runs queuing for the pool.
+    workers(concurrency=12, AGCH_DB_POOL="3")
+    runs = [start_run(f"many-{i}", "demo", {"tokens": 40, "interval_ms": 50}) for i in range(12)]
+    for run in runs:
+        finished(run, 60)
+    assert [run.status for run in runs] == [RunStatus.COMPLETED] * 12, [r.error for r in runs]
+    assert overlap(runs) == 12
+    for run in runs:
+        text = Event.objects.get(run=run, name="message.completed").data["text"]
+        assert text == "".join(f"tok{i} " for i in range(40))
+
+
+@pytest.mark.parametrize("workers", ["threads"], indirect=True)
+def test_runs_that_wait_without_writing_do_not_hold_pooled_connections(workers):
+    # 6 runs sleep in ctx.sleep on a process with 2 pooled connections; one that kept the
+    # connection it claimed with would leave the rest blocked in the pool.
+    workers(concurrency=8, AGCH_DB_POOL="2")
+    runs = [start_run(f"idle-{i}", "listener", {"seconds": 60}) for i in range(6)]
+    wait_for(lambda: Run.objects.filter(pk__in=[r.pk for r in runs], status=RunStatus.RUNNING)
+             .count() == 6, 30)
+    for run in runs:
+        start_run(run.channel.name, "echo", "next", on_active="interrupt")
+    for run in runs:
+        assert finished(run, 60).status == RunStatus.INTERRUPTED

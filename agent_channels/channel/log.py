@@ -19,6 +19,7 @@ from django.db import connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from agent_channels.channel.connections import release
 from agent_channels.channel.names import validate_name
 from agent_channels.channel.wire import get_wire
 from agent_channels.models import Channel, Event
@@ -154,6 +155,8 @@ def append(
         transaction.on_commit(
             partial(get_wire().send_events, channel, events[0].seq, texts), using=using
         )
+    # A run's thread writes, then waits on its model: it need not hold a connection meanwhile.
+    release(using)
     return events
 
 

@@ -124,13 +124,22 @@ class LiveWire:
     ) -> None:
         assert self.layer is not None
         while True:
-            group, message = await queue.get()
-            try:
-                await self.layer.group_send(group, message)
-            except Exception:
-                logger.exception("agent_channels: live send to %s failed; the log has it", group)
-            finally:
-                self._done(loop)
+            batch = [await queue.get()]
+            # A backlog (many runs publishing in one process) goes out merged: a group's
+            # consecutive events travel as one layer message, so a busy process sends, and
+            # each server receives, a message per group per round instead of one per event.
+            while not queue.empty() and len(batch) < MAX_BACKLOG_BATCH:
+                batch.append(queue.get_nowait())
+            for group, message, count in merge_backlog(batch):
+                try:
+                    await self.layer.group_send(group, message)
+                except Exception:
+                    logger.exception(
+                        "agent_channels: live send to %s failed; the log has it", group
+                    )
+                finally:
+                    for _ in range(count):
+                        self._done(loop)
 
     def _done(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
@@ -167,6 +176,43 @@ class LiveWire:
             if not loop.is_closed():
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(task.cancel)
+
+
+#: Queued sends one round of the sender takes at most (and merges per group).
+MAX_BACKLOG_BATCH = 500
+
+
+def merge_backlog(
+    batch: list[tuple[str, dict[str, Any]]],
+) -> list[tuple[str, dict[str, Any], int]]:
+    """``(group, message, how many merged)`` for a backlog, each group's order kept.
+
+    Consecutive event messages of one group join when their seqs follow on and the
+    frames together stay within ``MAX_WIRE_FRAME_BYTES``; anything else goes as it came.
+    """
+    limit = get_config()["MAX_WIRE_FRAME_BYTES"]
+    out: list[tuple[str, dict[str, Any], int]] = []
+    open_by_group: dict[str, int] = {}  # group -> index in out of its last message
+    for group, message in batch:
+        index = open_by_group.get(group)
+        if index is not None:
+            _, last, count = out[index]
+            if (
+                message.get("type") == EVENTS_MESSAGE == last.get("type")
+                and message.get("texts") is not None
+                and last.get("texts") is not None
+                and message["first"] == last["last"] + 1
+                and sum(map(len, last["texts"])) + sum(map(len, message["texts"])) <= limit
+            ):
+                out[index] = (
+                    group,
+                    {**last, "last": message["last"], "texts": last["texts"] + message["texts"]},
+                    count + 1,
+                )
+                continue
+        open_by_group[group] = len(out)
+        out.append((group, message, 1))
+    return out
 
 
 _wire: PerProcess[LiveWire] = PerProcess(

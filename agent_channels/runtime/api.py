@@ -88,7 +88,17 @@ def start_run(
             channel,
             [
                 EventDraft(
-                    "run.queued", {"agent": agent, "input": input, "behind": len(active)}, run.pk
+                    "run.queued",
+                    {
+                        "agent": agent,
+                        "input": input,
+                        "behind": len(active),
+                        # Updated figures: GET runs/<id>/ "queue" (lifecycle.queue_position).
+                        "reason": (
+                            lifecycle.CHANNEL_BUSY if active else lifecycle.WAITING_FOR_WORKER
+                        ),
+                    },
+                    run.pk,
                 )
             ],
         )[0]

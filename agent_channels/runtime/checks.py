@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import connections
 from django.utils.module_loading import import_string
 
 from agent_channels.conf import get_config
 from agent_channels.runtime.api import POLICIES
-from agent_channels.runtime.backends import RunBackend
+from agent_channels.runtime.backends import RunBackend, default_backend_path
 
 __all__ = ["check_runtime_settings"]
 
@@ -101,4 +102,57 @@ def check_runtime_settings(
                 id="agent_channels.E105",
             )
         )
+    errors += _check_capacity(config)
+    errors += _check_liveness(config)
     return errors
+
+
+#: In-process threads past which a connection per thread crowds PostgreSQL (100 by default).
+UNPOOLED_THREADS = 20
+
+
+def _check_capacity(config: dict[str, Any]) -> list[CheckMessage]:
+    workers = config["INPROCESS_WORKERS"]
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        return [
+            Error(
+                f"AGENT_CHANNELS['INPROCESS_WORKERS'] = {workers!r} is not a positive integer.",
+                hint="Give the number of runs one process executes at once, e.g. 100.",
+                id="agent_channels.E110",
+            )
+        ]
+    inprocess = "agent_channels.runtime.backends.inprocess.InProcessBackend"
+    if (config["RUN_BACKEND"] or default_backend_path()) != inprocess:
+        return []
+    database = connections.settings["default"]
+    unpooled_postgres = "postgresql" in database.get("ENGINE", "") and not (
+        database.get("OPTIONS") or {}
+    ).get("pool")
+    if unpooled_postgres and workers > UNPOOLED_THREADS:
+        return [
+            Warning(
+                f"INPROCESS_WORKERS = {workers} threads on PostgreSQL without a connection "
+                "pool: each busy run thread keeps a connection of its own.",
+                hint='Add DATABASES["default"]["OPTIONS"]["pool"] = {"max_size": 10} '
+                '(pip install "psycopg[pool]", CONN_MAX_AGE = 0), or lower INPROCESS_WORKERS.',
+                id="agent_channels.W110",
+            )
+        ]
+    return []
+
+
+def _check_liveness(config: dict[str, Any]) -> list[CheckMessage]:
+    beat, stale = config["HEARTBEAT_SECONDS"], config["STALE_AFTER_SECONDS"]
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (beat, stale))
+    if not numbers or beat <= 0 or stale < 3 * beat:
+        return [
+            Error(
+                f"AGENT_CHANNELS['STALE_AFTER_SECONDS'] = {stale!r} is not at least three "
+                f"heartbeats (HEARTBEAT_SECONDS = {beat!r}): a live worker's runs would be "
+                "taken for dead and started twice.",
+                hint="Use positive numbers with STALE_AFTER_SECONDS >= 3 * HEARTBEAT_SECONDS, "
+                "e.g. 1.5 and 6.0.",
+                id="agent_channels.E111",
+            )
+        ]
+    return []

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.db import close_old_connections
 
+from agent_channels.channel.connections import release
 from agent_channels.channel.log import EventDraft, append
 from agent_channels.models import Event, RunStatus
 from agent_channels.runtime import calls, lifecycle
@@ -101,6 +102,8 @@ def execute_run(run_id: str) -> str:
         ctx = RunContext(run, channel, inbox, run.attempts)
         get_monitor().watch(ctx)
         ctx.check_control()
+        # The agent may wait long before its first write: not on a pooled connection.
+        release()
         output = agent(ctx, run.input)
         try:
             json.dumps(output)

@@ -16,6 +16,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from agent_channels.channel.connections import release
 from agent_channels.models import Step, StepStatus
 from agent_channels.runtime.errors import NonDeterministicReplay
 
@@ -82,6 +83,8 @@ class Journal:
     def start(self, record: StepRecord, state: Any = None) -> None:
         """Note that a step began (``state``: what a resumed step needs, e.g. a cursor)."""
         self._save(record, StepStatus.STARTED, state)
+        # A step starts just before a model or tool call: wait without a pooled connection.
+        release()
         record.result = state
         self._steps[record.index] = record
 
@@ -93,6 +96,7 @@ class Journal:
             self._save(record, StepStatus.COMPLETED, result, finished_at=timezone.now())
             if also is not None:
                 also()
+        release()
         record.completed = True
         record.result = result
         self._steps[record.index] = record

@@ -26,6 +26,7 @@ __all__ = [
     "claim",
     "enqueue",
     "finish",
+    "queue_position",
     "reap",
     "resume_waiting",
     "set_waiting",
@@ -44,13 +45,49 @@ TERMINAL_EVENTS = {
 
 
 @cache
+def machine() -> str:
+    """This host and PID namespace: where a worker's pid can be checked with ``kill(pid, 0)``.
+
+    Two containers may share a hostname but not their pids, so the namespace is part of it.
+    """
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "?"
+    return f"{socket.gethostname()}~{namespace}"
+
+
+@cache
 def _worker_id(pid: int) -> str:
-    return f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
+    return f"{machine()}:{pid}:{uuid.uuid4().hex[:8]}"
 
 
 def worker_id() -> str:
     """Identifies this process in ``Run.worker`` (new after a fork)."""
     return _worker_id(os.getpid())
+
+
+def worker_gone(worker: str) -> bool:
+    """True when ``worker`` was a process of this machine that no longer exists.
+
+    A prefork child or a whole worker killed next to a live one is then noticed at once
+    instead of after ``STALE_AFTER_SECONDS``; workers on other machines still need the
+    heartbeat to go stale.
+    """
+    where, _, rest = worker.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if where != machine() or not pid_text.isdigit() or "?" in where:
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (EPERM: another user's process)
+    return False
 
 
 def _event(run: Run, channel: str, name: str, data: dict[str, Any]) -> None:
@@ -90,7 +127,7 @@ def claim(run_id: Any) -> tuple[Run, bool] | None:
                 return None
             recovering = False
         elif run.status == RunStatus.RUNNING and (
-            run.heartbeat_at is None or run.heartbeat_at < stale
+            run.heartbeat_at is None or run.heartbeat_at < stale or worker_gone(run.worker)
         ):
             recovering = True
         else:
@@ -190,7 +227,16 @@ def resume_waiting(channel: str) -> int:
             if Run.objects.filter(pk=run_id, status=RunStatus.WAITING).update(
                 status=RunStatus.QUEUED
             ):
-                append(channel, [EventDraft("run.queued", {"resumed": True}, run_id)])
+                append(
+                    channel,
+                    [
+                        EventDraft(
+                            "run.queued",
+                            {"resumed": True, "reason": WAITING_FOR_WORKER, "behind": 0},
+                            run_id,
+                        )
+                    ],
+                )
                 enqueue(run_id)
                 resumed += 1
     return resumed
@@ -248,6 +294,17 @@ def reap() -> int:
         .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
         .values_list("pk", flat=True)[:100]
     )
+    # Runs of dead processes on this machine need not wait for their heartbeat to go stale.
+    neighbours = (
+        Run.objects.filter(status=RunStatus.RUNNING, worker__startswith=f"{machine()}:")
+        .exclude(worker=worker_id())
+        .exclude(pk__in=run_ids)
+        .values_list("pk", "worker")[:1000]
+    )
+    gone: dict[str, bool] = {}
+    for run_id, worker in neighbours:
+        if gone.setdefault(worker, worker_gone(worker)):
+            run_ids.append(run_id)
     # Queued runs whose task message was lost (a broker restart, a failed claim): old, and
     # nothing ahead of them on their channel. Enqueueing twice is harmless (the claim).
     busy_channels = Run.objects.filter(status__in=[RunStatus.RUNNING, RunStatus.WAITING]).values(
@@ -265,3 +322,39 @@ def reap() -> int:
             logger.warning("agent_channels: run %s lost its worker or task; enqueueing it", run_id)
             backend.enqueue(str(run_id))
     return len(run_ids)
+
+
+#: Why a queued run has not started: another run of its channel is active (runs of one
+#: channel never overlap), or it waits for a free worker slot.
+CHANNEL_BUSY, WAITING_FOR_WORKER = "channel_busy", "waiting_for_worker"
+
+
+def queue_position(run: Run) -> dict[str, Any] | None:
+    """Why a queued run waits and how many runs are ahead of it; None unless it is queued.
+
+    ``{"reason": "channel_busy", "ahead": n}``: n runs of its channel go first.
+    ``{"reason": "waiting_for_worker", "ahead": n}``: n runs of other channels, queued
+    earlier and free to start, wait for a worker too (a worker claims in queue order,
+    roughly: brokers do not promise it).
+    """
+    if run.status != RunStatus.QUEUED:
+        return None
+    active = [RunStatus.RUNNING, RunStatus.WAITING]
+    on_channel = (
+        Run.objects.filter(channel_id=run.channel_id)
+        .filter(Q(status__in=active) | Q(status=RunStatus.QUEUED, created_at__lt=run.created_at))
+        .exclude(pk=run.pk)
+        .count()
+    )
+    if on_channel:
+        return {"reason": CHANNEL_BUSY, "ahead": on_channel}
+    busy_channels = Run.objects.filter(status__in=active).values("channel_id")
+    earlier = (
+        Run.objects.filter(status=RunStatus.QUEUED, created_at__lt=run.created_at)
+        .exclude(channel_id__in=busy_channels)
+        .order_by()
+        .values("channel_id")
+        .distinct()
+        .count()
+    )
+    return {"reason": WAITING_FOR_WORKER, "ahead": earlier}

@@ -18,6 +18,7 @@ from agent_channels.channel.names import InvalidChannelName, validate_name
 from agent_channels.models import Run
 from agent_channels.runtime.api import POLICIES, start_run
 from agent_channels.runtime.errors import RunConflict, RunError, RunForbidden, UnknownAgent
+from agent_channels.runtime.lifecycle import queue_position
 from agent_channels.views.http import check_read, check_send, error, json_body
 from agent_channels.ws.frames import FrameError
 
@@ -37,6 +38,8 @@ def run_json(run: Run) -> dict[str, Any]:
         "created_at": run.created_at.isoformat(),
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        # While queued: {"reason": "channel_busy" | "waiting_for_worker", "ahead": n}.
+        "queue": queue_position(run),
     }
 
 

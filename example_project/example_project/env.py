@@ -8,8 +8,15 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 
-def database_from_url(url: str | None, sqlite_path: Path) -> dict[str, Any]:
-    """``postgres://user:pass@host:port/name`` or ``sqlite:///path``; unset means SQLite."""
+def database_from_url(
+    url: str | None, sqlite_path: Path, pool_size: int | None = None
+) -> dict[str, Any]:
+    """``postgres://user:pass@host:port/name`` or ``sqlite:///path``; unset means SQLite.
+
+    ``pool_size``: PostgreSQL connections each process may open, from Django's psycopg
+    pool (what a worker carrying many runs in threads needs); None keeps a persistent
+    connection per thread instead.
+    """
     if not url:
         return sqlite_database(sqlite_path)
     parts = urlsplit(url)
@@ -17,7 +24,7 @@ def database_from_url(url: str | None, sqlite_path: Path) -> dict[str, Any]:
         path = unquote(parts.path[1:]) if parts.path.startswith("/") else parts.path
         return sqlite_database(Path(path or sqlite_path))
     if parts.scheme in ("postgres", "postgresql", "pgsql"):
-        return {
+        database: dict[str, Any] = {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parts.path.lstrip("/")),
             "USER": unquote(parts.username or ""),
@@ -28,6 +35,13 @@ def database_from_url(url: str | None, sqlite_path: Path) -> dict[str, Any]:
             "CONN_MAX_AGE": 60,
             "CONN_HEALTH_CHECKS": True,
         }
+        if pool_size:
+            # The pool replaces persistent connections (Django refuses both at once).
+            # timeout: how long a thread waits for a free connection before an error.
+            database["OPTIONS"]["pool"] = {"min_size": 1, "max_size": pool_size, "timeout": 30}
+            database["CONN_MAX_AGE"] = 0
+            database["CONN_HEALTH_CHECKS"] = False
+        return database
     raise ValueError(f"Unsupported DATABASE_URL scheme {parts.scheme!r}; use postgres:// or sqlite:///")
 
 

@@ -56,7 +56,16 @@ TEMPLATES = [
     }
 ]
 
-DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL"), BASE_DIR / "db.sqlite3")}
+# DATABASE_POOL_SIZE: PostgreSQL connections per process (Django's psycopg pool). A Celery
+# worker with a thread pool (-P threads -c 100) carries 100 runs on about 10 connections,
+# because a run's thread gives its connection back between writes; docs/deployment.rst.
+DATABASES = {
+    "default": database_from_url(
+        os.environ.get("DATABASE_URL"),
+        BASE_DIR / "db.sqlite3",
+        pool_size=int(os.environ.get("DATABASE_POOL_SIZE", "10")),
+    )
+}
 REDIS_URL = os.environ.get("REDIS_URL") or None
 CHANNEL_LAYERS = channel_layers(REDIS_URL)
 
