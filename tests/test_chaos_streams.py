@@ -348,16 +348,19 @@ def test_no_event_is_lost_duplicated_or_reordered_while_processes_die(session_co
             loop_errors.append(exc)
 
     thread = threading.Thread(target=clients, daemon=True)
-    runs_started = 0
+    runs_started = refused = 0
     keep_starting = True
 
     def drive_runs() -> None:
         """One run after another on every channel, until the faults are over."""
-        nonlocal runs_started
+        nonlocal runs_started, refused
         for name in channels:
             active = Run.objects.filter(channel__name=name, status__in=["queued", "running", "waiting"])
-            if keep_starting and not active.exists() and post_run(cluster, session_cookie, name):
-                runs_started += 1
+            if keep_starting and not active.exists():
+                if post_run(cluster, session_cookie, name):
+                    runs_started += 1
+                else:
+                    refused += 1  # no daphne could start it just then (retried next tick)
 
     def settle(seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -396,7 +399,7 @@ def test_no_event_is_lost_duplicated_or_reordered_while_processes_die(session_co
         f"\nchaos: {sum(cluster.faults.values())} faults injected {cluster.faults}; "
         f"{runs_started} runs ({', '.join(sorted(set(statuses)))}); {checked} events checked "
         f"by {len(followers)} clients; {sum(f.reconnects for f in followers)} reconnects; "
-        f"{cluster.proxy.refused} PostgreSQL connections refused; "
+        f"{cluster.proxy.refused} PostgreSQL connections refused; {refused} run starts refused; "
         f"{time.monotonic() - started_at:.0f} s"
     )
     for reason in failures:
