@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/run_all.py --quick    # fewer rounds and events, ~4 min
 
 Runs ``bench_wire.py`` (live delivery and catch-up through daphne), ``bench_log.py``
-(persistence on SQLite and PostgreSQL) and ``bench_control.py`` (interrupt → agent) as
+(persistence on SQLite and PostgreSQL), ``bench_control.py`` (interrupt → agent) and
+``bench_eventstream.py`` (producers against django-eventstream, when it is installed) as
 they are, each with ``AGCH_BENCH_JSON`` set so that they append their figures as JSON
 lines; then prints a summary table of the ratios and writes
 ``docs/_static/benchmarks.json`` and ``docs/_static/perf_*.png`` (matplotlib, Agg
@@ -37,6 +38,8 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
             ["--db", "both", "--rounds", "3", "--n", "200", "--stream-seconds", "1",
              "--windows", "0", "30", "100"]),
     "control": ([], ["--count", "20"]),
+    # Skips (and says so) when django-eventstream is not installed.
+    "eventstream": ([], ["--rounds", "2", "--n", "150"]),
 }
 
 
@@ -129,6 +132,10 @@ def summary(results: list[dict[str, Any]]) -> list[list[str]]:
         out.append([f"[{r['db']}] MessageStream 1,000 tok/s, window {r['window_ms']:g} ms",
                     f"{f(r['rows_per_token'], 3)} rows/token", f"in-burst p99 {f(r['burst_p99_ms'])} ms",
                     f"lost {r['lost']}"])
+    for r in rows_of(results, "eventstream.producers"):
+        out.append([f"[postgres] {r['threads']} producer(s), one channel, equal durability",
+                    f"publish() {f(r['publish_eps'])} ev/s",
+                    f"django-eventstream send_event() {f(r['send_event_eps'])} ev/s", f(r["ratio"])])
     control = {r["path"]: r for r in rows_of(results, "control")}
     for path, r in control.items():
         out.append([f"control: {path}", f"p50 {f(r['p50_ms'])} ms", "runtime p50", f(r["ratio"])])
@@ -142,7 +149,8 @@ def rst(info: dict[str, Any], rows: list[list[str]]) -> str:
         f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores), load average "
         f"{info['load_average'][0]:.1f} at the start (a shared machine), Python {info['python']}, "
         f"PostgreSQL {info.get('postgresql', '?').split(' ')[0]}, {redis}"
-        + (f"; the wire figures are from the run of {info['merged_with_run_of']}"
+        + (f"; only {', '.join(info.get('only', []))} ran then, the other figures are from "
+           f"the run of {info['merged_with_run_of']}"
            if info.get("merged_with_run_of") else "")
         + ".",
         "",
@@ -283,6 +291,7 @@ def main() -> int:
                     if r["section"].split(".")[0] not in args.only]
             results = kept + results
             info["merged_with_run_of"] = json.loads(previous.read_text())["machine"]["date"]
+            info["only"] = args.only
         info["seconds"] = round(time.monotonic() - started)
         info["quick"] = args.quick
         info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
