@@ -8,6 +8,7 @@ so it never touches the test suites other people are running.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import sys
@@ -129,3 +130,18 @@ def banner(text: str) -> None:
     print(f"\n## {text}\n")
     print(f"_{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, load average {load[0]:.2f} "
           f"{load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} cores_\n", flush=True)
+
+
+def record(section: str, **fields: Any) -> None:
+    """Append one result as a JSON line to ``$AGCH_BENCH_JSON`` when it is set.
+
+    ``benchmarks/run_all.py`` sets it and reads the lines back for its table, JSON and
+    plots; a line per result (not one file at exit) survives the sub-processes
+    ``bench_log.py --db both`` starts and a script that fails half-way.
+    """
+    path = os.environ.get("AGCH_BENCH_JSON")
+    if not path:
+        return
+    clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in fields.items()}
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"section": section, **clean}) + "\n")

@@ -24,7 +24,7 @@ import sys
 import time
 import uuid
 
-from _common import banner, configure_env, fmt, median, pct, scratch_database, table
+from _common import banner, configure_env, fmt, median, pct, record, scratch_database, table
 
 
 async def measure_run(
@@ -121,6 +121,9 @@ def main() -> None:
                 run.refresh_from_db()
             results["raw layer hop (group_send→receive)"] = asyncio.run(raw_layer(args.count))
             base = median(results["runtime (layer listener)"])
+            for label, v in results.items():
+                record("control", path=label, n=len(v), p50_ms=median(v), p90_ms=pct(v, 90),
+                       max_ms=max(v), ratio=median(v) / base)
             rows = [
                 [label, len(v), fmt(median(v)), fmt(pct(v, 90)), fmt(max(v)),
                  fmt(median(v) / base) + "×"]

@@ -37,6 +37,7 @@ from _common import (
     median,
     pace,
     pct,
+    record,
     scratch_database,
     setup_child,
     table,
@@ -142,6 +143,8 @@ def bench_single(db: str, rounds: int, n: int) -> None:
         "publish": lambda ch: leg_publish(ch, n),
     })
     ratios = [p / c for p, c in zip(res["publish"], res["create"], strict=True)]
+    record("log.single", db=db, create_eps=median(res["create"]), publish_eps=median(res["publish"]),
+           ratio=median(ratios))
     print(table(
         ["what", "events/s (median)", "ratio vs create (median of per-round)"],
         [["Event.objects.create, manual seq (baseline)", fmt(median(res["create"])), "1.00"],
@@ -156,6 +159,8 @@ def bench_single(db: str, rounds: int, n: int) -> None:
             f"append{batch}": lambda ch, b=batch: leg_append(ch, n * 4, b),
         })
         ratios = [a / b for a, b in zip(res[f"append{batch}"], res[f"bulk{batch}"], strict=True)]
+        record("log.batch", db=db, batch=batch, bulk_create_eps=median(res[f"bulk{batch}"]),
+               append_eps=median(res[f"append{batch}"]), ratio=median(ratios))
         rows.append([f"×{batch}", fmt(median(res[f"bulk{batch}"])),
                      fmt(median(res[f"append{batch}"])), fmt(median(ratios))])
     print(table(["batch", "bulk_create events/s", "append() events/s", "ratio"], rows))
@@ -252,6 +257,8 @@ def bench_concurrent(db: str, rounds: int, count: int) -> None:
             contiguous = contiguous and check_contiguous(f"cp{procs}-{r}")
         if procs == 1:
             single = median(cand)
+        record("log.concurrent", db=db, processes=procs, create_eps=median(base),
+               publish_eps=median(cand), ratio=median(ratios))
         rows.append([procs, fmt(median(base)), fmt(median(cand)), fmt(median(ratios)),
                      fmt(median(cand) / single) if single else "n/a"])
     print(table(["writer processes", "raw create events/s (disjoint seqs)",
@@ -267,7 +274,7 @@ class AppendRecorder:
     """Wraps publishing.append to record when each row committed (append returns after it)."""
 
     def __init__(self) -> None:
-        from agent_channels import publishing
+        from agent_channels.channel import publishing
 
         self.module = publishing
         self.original = publishing.append
@@ -361,6 +368,10 @@ def bench_stream(db: str, rounds: int, seconds: float, windows: list[float]) -> 
         writes = [v for x in rs for v in x["write"]]
         inline = [v for x in rs for v in x["inline"]]
         timed = [v for x in rs for v in x["timed"]]
+        record("log.stream", db=db, window_ms=w, rows_per_token=rpt,
+               burst_p50_ms=pct(burst, 50) * 1e3, burst_p99_ms=pct(burst, 99) * 1e3,
+               quiet_p50_ms=pct(quiet, 50) * 1e3, write_p99_ms=pct(writes, 99) * 1e3,
+               lost=sum(x["lost"] for x in rs))
         rows.append([
             f"{w:g}", fmt(median([x["tok_s"] for x in rs]), 0), fmt(rpt, 3),
             fmt(rpt / naive, 3) if naive else "n/a",

@@ -45,6 +45,7 @@ from _common import (
     fmt,
     median,
     pct,
+    record,
     scratch_database,
     setup_child,
     table,
@@ -351,6 +352,10 @@ async def bench_live(pub: Publisher, server: Daphne, cookie: str, rounds: int,
         q50 = median([pct(a["lat"], 50) / pct(a["poll"], 50) for a in live[k]])
         recv_live = min(n for x in live[k] for n in x["received"])
         recv_raw = min(n for x in raw[k] for n in x["received"])
+        record("wire.live", rate=rate, count=count, clients=clients, raw_p50_ms=rp50,
+               raw_p99_ms=rp99, ws_p50_ms=lp50, ws_p99_ms=lp99, poll_p50_ms=pp50,
+               poll_p99_ms=pp99, publish_p50_ms=cp50, ratio_ws_raw_p50=r50, ratio_ws_raw_p99=r99,
+               ratio_ws_poll_p50=q50, received_raw=recv_raw, received_ws=recv_live)
         rows.append([
             f"{rate:g}/s × {count}", clients,
             f"{fmt(rp50)} / {fmt(rp99)}", fmt(cp50), f"{fmt(lp50)} / {fmt(lp99)}",
@@ -416,6 +421,8 @@ async def bench_catchup(server: Daphne, cookie: str, rounds: int, total: int) ->
         cand.append(c)
         got.append(n)
         ratios.append(c / b)
+    record("wire.catchup", events=total, floor_eps=median(base), ws_eps=median(cand),
+           ratio=median(ratios), received=min(got))
     print(table(["what", "events/s (median)", "ratio"], [
         ["read() batches of 500 + to_frame + json.dumps, in-process (floor)", fmt(median(base)),
          "1.00"],

@@ -24,7 +24,8 @@ def main() -> None:
         from django.db import connection, connections
         from django.test.utils import CaptureQueriesContext
 
-        from agent_channels import publish, publishing
+        from agent_channels import publish
+        from agent_channels.channel import publishing
         from agent_channels.channel.publishing import MessageStream
 
         publish("probe", "x", {})

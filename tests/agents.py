@@ -64,6 +64,7 @@ def steps(ctx: RunContext, input: Any) -> Any:
 
 def poller(ctx: RunContext, input: Any) -> Any:
     """The baseline the runtime replaces: poll the log for interrupts every ``interval_ms``."""
+    from agent_channels import publish
     from agent_channels.models import Event
 
     interval = float((input or {}).get("interval_ms", 100)) / 1000
@@ -75,6 +76,8 @@ def poller(ctx: RunContext, input: Any) -> Any:
         for event in Event.objects.filter(channel__name=ctx.channel, seq__gt=last, name="client.interrupt").order_by("seq"):
             last = event.seq
             seen += 1
-            ctx.emit("custom.seen", {"seq": event.seq, "at": time.time()})
+            # publish(), not ctx.emit(): the runtime would raise Interrupted in emit(), and
+            # this agent stands for code that only polls (benchmarks/bench_control.py).
+            publish(ctx.channel, "custom.seen", {"seq": event.seq, "at": time.time()})
         last = max(last, Event.objects.filter(channel__name=ctx.channel).order_by("-seq").values_list("seq", flat=True).first() or 0)
     return {"seen": seen}

@@ -199,8 +199,21 @@ class ControlListener:
         """Join the channel's control group; returns once the layer has the membership."""
         if not self.enabled:
             return
-        future = asyncio.run_coroutine_threadsafe(self._subscribe(channel), self._get_loop())
-        future.result(timeout)
+        # Retried until the timeout: a Redis that restarts for a second must not fail the
+        # run it is starting (the chaos suite, tests/test_chaos_streams.py, found that).
+        deadline = time.monotonic() + timeout
+        while True:
+            future = asyncio.run_coroutine_threadsafe(self._subscribe(channel), self._get_loop())
+            try:
+                future.result(max(0.1, deadline - time.monotonic()))
+                return
+            except Exception:
+                if time.monotonic() + 0.5 >= deadline:
+                    raise
+                logger.warning(
+                    "agent_channels: joining %r's control group failed; retrying", channel
+                )
+                time.sleep(0.5)
 
     def unsubscribe(self, channel: str) -> None:
         if not self.enabled or self._loop is None:
