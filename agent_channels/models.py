@@ -221,5 +221,6 @@ class Presence(models.Model):
     def __str__(self) -> str:
         return f"{self.user or 'anonymous'} on {self.channel_id}"
 
+
 # Durable Streams storage belongs to this app (agent_channels.durable_streams).
 from agent_channels.durable_streams.models import Stream, StreamChunk, StreamProducer  # noqa: E402, F401

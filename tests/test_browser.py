@@ -19,8 +19,8 @@ from django.test import Client
 from agent_channels import publish
 
 from . import procs
-from .procs import ROOT, CeleryWorker, Daphne, run_python
 from .helpers import create_operator
+from .procs import ROOT, CeleryWorker, Daphne, run_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import close_old_connections
 
-from agent_channels.channel.connections import release
+from agent_channels.channel.connections import release as release_connection
 from agent_channels.channel.log import EventDraft, append
 from agent_channels.models import Event, RunStatus
 from agent_channels.runtime import calls, lifecycle
@@ -103,7 +103,7 @@ def execute_run(run_id: str) -> str:
         get_monitor().watch(ctx)
         ctx.check_control()
         # The agent may wait long before its first write: not on a pooled connection.
-        release()
+        release_connection()
         output = agent(ctx, run.input)
         try:
             json.dumps(output)
