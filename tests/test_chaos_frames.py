@@ -92,7 +92,7 @@ def frame(rng: random.Random) -> str | bytes:
 @pytest.fixture
 def cookie(django_user_model) -> str:
     client = Client()
-    client.force_login(django_user_model.objects.create_user("fuzzer", is_staff=True))
+    client.force_login(django_user_model.objects.create_user("fuzzer", is_staff=True, is_superuser=True))
     return f"sessionid={client.cookies['sessionid'].value}"
 
 

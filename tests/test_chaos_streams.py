@@ -323,7 +323,7 @@ def post_run(cluster: Cluster, cookie: str, channel: str) -> bool:
 
 @pytest.fixture
 def session_cookie(django_user_model) -> str:
-    user = django_user_model.objects.create_user("chaos", is_staff=True)
+    user = django_user_model.objects.create_user("chaos", is_staff=True, is_superuser=True)
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}"

@@ -88,7 +88,7 @@ def test_channel_streams_follow_the_access_policy_and_are_read_only(
     # Whether a channel exists is only told to those who could read it.
     assert owner_client.get(channel_url("no such channel", "offset=-1")).status_code == 403
     staff = Client()
-    staff.force_login(django_user_model.objects.create_user("ops", is_staff=True))
+    staff.force_login(django_user_model.objects.create_user("ops", is_staff=True, is_superuser=True))
     assert staff.get(channel_url("no such channel", "offset=-1")).status_code == 404
 
 

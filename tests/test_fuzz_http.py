@@ -92,7 +92,7 @@ message_bodies = mostly(
 @pytest.fixture
 def staff_client(django_user_model) -> Client:
     client = Client()
-    client.force_login(django_user_model.objects.create_user("fuzzer", is_staff=True))
+    client.force_login(django_user_model.objects.create_user("fuzzer", is_staff=True, is_superuser=True))
     return client
 
 

@@ -167,7 +167,7 @@ class Scenario:
 
 @pytest.fixture
 def staff(django_user_model):
-    return django_user_model.objects.create_user("resumer", is_staff=True)
+    return django_user_model.objects.create_user("resumer", is_staff=True, is_superuser=True)
 
 
 @FUZZ

@@ -63,7 +63,7 @@ def server():
 
 @pytest.fixture
 def cookie(django_user_model):
-    user = django_user_model.objects.create_user("watcher", is_staff=True)
+    user = django_user_model.objects.create_user("watcher", is_staff=True, is_superuser=True)
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}"

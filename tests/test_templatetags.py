@@ -26,7 +26,7 @@ def render(source: str, user=None, **context) -> str:
 
 @pytest.fixture
 def staff(django_user_model):
-    return django_user_model.objects.create_user("staff", is_staff=True)
+    return django_user_model.objects.create_user("staff", is_staff=True, is_superuser=True)
 
 
 def conversation(channel: str) -> None:
