@@ -162,7 +162,7 @@ async def test_a_long_poll_is_woken_by_an_append_not_by_its_timeout():
 
 @pytest.fixture
 def staff_cookie(django_user_model):
-    user = django_user_model.objects.create_user("ops", is_staff=True)
+    user = django_user_model.objects.create_user("ops", is_staff=True, is_superuser=True)
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}"
