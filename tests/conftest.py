@@ -106,3 +106,8 @@ def inprocess_runtime() -> Iterator[None]:
     reset_backend()
     # Its heartbeats and reaper would query a database the next test may not allow.
     stop_monitor()
+    # A timed delta flush of a run that just ended may still hold a connection: let it go
+    # before the database is flushed for the next test.
+    from agent_channels.channel.publishing import release_connections
+
+    release_connections()
