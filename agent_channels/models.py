@@ -87,6 +87,9 @@ class Run(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True, default="")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    #: When the run was last handed to the backend: the reaper re-sends a queued run whose
+    #: task was lost once per staleness window, not on every pass.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
     #: Control events (interrupt, cancel) with ``seq <= control_seq`` were already handled;
     #: a restarted run skips them instead of obeying them twice.
     control_seq = models.PositiveBigIntegerField(default=0)
@@ -112,6 +115,8 @@ class Run(models.Model):
                 name="agch_run_running_hb_idx",
                 condition=models.Q(status="running"),
             ),
+            # The admin's run list and date filters order and slice by creation time.
+            models.Index(fields=["created_at"], name="agch_run_created_idx"),
         ]
 
     def __str__(self) -> str:
