@@ -108,7 +108,9 @@ def start_run(
                 _supersede(other, channel, run)
         if not active:
             lifecycle.enqueue(run.pk)
-    run.refresh_from_db()
+        # Read before the commit hands the run to a worker: the caller gets the run as it was
+        # queued, not whatever state a fast worker has already moved it to.
+        run.refresh_from_db()
     return run
 
 
