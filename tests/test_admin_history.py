@@ -6,9 +6,10 @@ import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
-from agent_channels.admin import HISTORY_PAGE_SIZE, compact_history
+from agent_channels.admin import HISTORY_PAGE_SIZE
 from agent_channels.channel.control import send_control
 from agent_channels.channel.log import EventDraft, append
+from agent_channels.channel.state import Message, StatusLine, ToolCall, compact
 from agent_channels.models import Channel, Event, Run, RunStatus
 from agent_channels.runtime import start_run
 
@@ -19,7 +20,8 @@ XSS = "<script>alert('pwned')</script>"
 
 def _run(channel: str) -> Run:
     row, _ = Channel.objects.get_or_create(name=channel)
-    return Run.objects.create(channel=row, agent="chat", status=RunStatus.RUNNING)
+    # Finished: an active run's page follows it live instead (tests/test_admin_live.py).
+    return Run.objects.create(channel=row, agent="chat", status=RunStatus.COMPLETED)
 
 
 def _page(client, run: Run, **params: object) -> str:
@@ -51,17 +53,19 @@ def test_deltas_become_one_message_and_tool_calls_one_entry():
             ("message.aborted", {"message_id": "m2", "text": "half", "reason": "interrupted"}),
         ],
     )
-    entries = compact_history(events, {})
-    assert [(e.kind, e.title) for e in entries] == [
-        ("lifecycle", "run.started"),
-        ("message", "Message"),
-        ("tool", "Tool add"),
-        ("message", "Message"),
-    ]
-    hello, tool, half = entries[1:]
+    rows = [(e.seq, e.name, e.data) for e in events]
+    # The admin's history is the template tag's compaction with nothing left out.
+    items = compact(run.channel.name, rows, complete=True).items
+    assert [type(i).__name__ for i in items] == ["StatusLine", "Message", "ToolCall", "Message"]
+    started, hello, tool, half = items
+    assert isinstance(started, StatusLine) and started.text == "Run started (attempt 1)"
+    assert isinstance(hello, Message) and isinstance(half, Message)
     assert (hello.text, hello.status, hello.seq, hello.last_seq) == ("Hello", "completed", 2, 7)
-    assert (tool.detail, tool.result, tool.status) == ('{"a": 1}', "2", "ok")
-    assert (half.text, half.status) == ("half", "aborted: interrupted")
+    assert isinstance(tool, ToolCall)
+    assert (tool.arguments, tool.result, tool.status) == ('{"a": 1}', "2", "done")
+    assert (half.text, half.status) == ("half", "aborted")
+    # The page view of the same events leaves the lifecycle event out.
+    assert len(compact(run.channel.name, rows).items) == 3
 
 
 @pytest.mark.django_db
