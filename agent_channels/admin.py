@@ -92,8 +92,8 @@ class ChannelAdmin(ReadOnlyAdmin):
         return _with_watchers(super().get_changelist_instance(request), "pk")
 
     @admin.display(description="Watchers now")
-    def watchers_now(self, obj: Channel) -> int:
-        return _watchers_of(obj, obj.pk)
+    def watchers_now(self, obj: Channel) -> str:
+        return _watchers_of(obj, obj)
 
     # -- deleting: the log goes with its channel -------------------------------------------
 
@@ -165,11 +165,13 @@ def _with_watchers(changelist: Any, channel_attr: str) -> Any:
     return changelist
 
 
-def _watchers_of(obj: Any, channel_id: int) -> int:
+def _watchers_of(obj: Any, channel: Channel) -> str:
+    """The count a list looked up for its page, or on a change form who watches."""
     cached = getattr(obj, "_agch_watchers", None)
-    if cached is None:  # a page that did not look them up in advance (the change form)
-        cached = watcher_counts([channel_id]).get(channel_id, 0)
-    return int(cached)
+    if cached is not None:
+        return str(cached)
+    now = watchers(channel.name)
+    return f"{now.count} ({', '.join(now.users)})" if now.users else str(now.count)
 
 
 def _parse_input(text: str, as_json: bool) -> Any:
@@ -326,8 +328,8 @@ class RunAdmin(ReadOnlyAdmin):
         return "–" if cost is None else f"{cost:.4f}"
 
     @admin.display(description="Watchers now")
-    def watchers_now(self, obj: Run) -> int:
-        return _watchers_of(obj, obj.channel_id)
+    def watchers_now(self, obj: Run) -> str:
+        return _watchers_of(obj, obj.channel)
 
     def get_changelist_instance(self, request: HttpRequest) -> Any:
         return _with_watchers(super().get_changelist_instance(request), "channel_id")
@@ -342,11 +344,14 @@ class RunAdmin(ReadOnlyAdmin):
         context = getattr(response, "context_data", None)
         if context and "cl" in context:
             paginator = context["cl"].paginator
-            context["run_totals"] = (
+            totals = (
                 paginator.totals
                 if isinstance(paginator, TotalsPaginator) and paginator.totals is not None
                 else usage_totals(context["cl"].queryset)
             )
+            context["run_totals"] = totals
+            # Rounded as the cost column rounds each run.
+            context["run_totals_cost"] = f"{totals.cost:.4f}"
         return response
 
     # -- control: the one path ----------------------------------------------------------
@@ -407,10 +412,7 @@ class RunAdmin(ReadOnlyAdmin):
         # Control frames from WebSocket clients carry no run, so the run's history is its
         # own events plus the run-less ones of its channel between its first and last.
         bounds = Event.objects.filter(run=run).aggregate(first=Min("seq"), last=Max("seq"))
-        context: dict[str, Any] = {
-            "steps": list(run.steps.order_by("index")),
-            "watchers": watchers(run.channel.name),
-        }
+        context: dict[str, Any] = {"steps": list(run.steps.order_by("index"))}
         if run.is_active and get_access_policy().can_read(request.user, run.channel.name):
             # The client follows the channel from the run's first event on; the page
             # fetches itself again once the run is over and shows the history below.

@@ -144,7 +144,7 @@ def test_the_run_list_and_page_show_who_watches(admin_client):
     response = admin_client.get(RUNS)
     assert [r._agch_watchers for r in response.context["cl"].result_list] == [2]
     content = _page(admin_client, run)
-    assert "Watching the channel now: 2 (alice)" in content
+    assert re.search(r'field-watchers_now.*?<div class="readonly">2 \(alice\)</div>', content, re.S)
 
 
 # -- totals of the filtered list --------------------------------------------------------------

@@ -26,6 +26,11 @@
         // renders a finished run, try again (a bounded number of times).
         if (fresh && current && !doc.getElementById("agch-run-live")) {
           current.replaceWith(document.adoptNode(fresh));
+          // The title and the breadcrumbs name the run's status too.
+          const crumbs = document.querySelector(".breadcrumbs");
+          const freshCrumbs = doc.querySelector(".breadcrumbs");
+          if (crumbs && freshCrumbs) crumbs.replaceWith(document.adoptNode(freshCrumbs));
+          document.title = doc.title;
           document.dispatchEvent(new CustomEvent("agch:run-page-refreshed"));
           return;
         }
