@@ -334,7 +334,14 @@ class RunAdmin(ReadOnlyAdmin):
     def get_changelist_instance(self, request: HttpRequest) -> Any:
         return _with_watchers(super().get_changelist_instance(request), "channel_id")
 
+    #: Totals of the filtered runs above the list. They replace the page count's
+    #: ``COUNT(*)`` with one ``GROUP BY model`` aggregate (about 3x its cost: 36 ms over
+    #: 100,000 runs on PostgreSQL, benchmarks/bench_admin.py); False in a subclass drops them.
+    show_totals = True
+
     def get_paginator(self, request: HttpRequest, queryset: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.show_totals:
+            return super().get_paginator(request, queryset, *args, **kwargs)
         return TotalsPaginator(queryset, *args, **kwargs)
 
     def changelist_view(
@@ -342,7 +349,7 @@ class RunAdmin(ReadOnlyAdmin):
     ) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
         context = getattr(response, "context_data", None)
-        if context and "cl" in context:
+        if self.show_totals and context and "cl" in context:
             paginator = context["cl"].paginator
             totals = (
                 paginator.totals

@@ -254,3 +254,13 @@ def test_deleting_a_channel_needs_the_delete_permission():
     deleter = _staff("deleter", "view_channel", "delete_channel")
     assert deleter.post(url, {"post": "yes"}).status_code == 302
     assert not Event.objects.filter(channel_id=channel.pk).exists()
+
+
+def test_a_project_can_turn_the_totals_off(admin_client, monkeypatch):
+    from agent_channels.admin import RunAdmin
+
+    _run("tot:off", RunStatus.COMPLETED, model="m", prompt_tokens=5)
+    monkeypatch.setattr(RunAdmin, "show_totals", False)
+    response = admin_client.get(RUNS)
+    assert "run_totals" not in response.context and b"agch-run-totals" not in response.content
+    assert response.context["cl"].result_count == 1
