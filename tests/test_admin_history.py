@@ -162,3 +162,58 @@ def test_answering_a_waiting_run_from_the_admin_shows_up_in_its_history(admin_cl
     content = _page(admin_client, run)
     assert "I am about to ship it." in content and "Done: ship it." in content
     assert "Input received" in content and "by admin" in content
+
+
+def test_the_complete_compaction_leaves_nothing_out_and_names_senders():
+    rows = [
+        (1, "run.queued", {"agent": "chat"}),
+        (2, "run.started", {"attempt": 2}),
+        (3, "input.requested", {"prompt": "ok?", "choices": ["yes", "no"]}),
+        (4, "run.waiting", {"prompt": "ok?"}),
+        (5, "client.input", {"data": {"text": "yes"}, "user": 7}),
+        (6, "input.received", {"value": "yes"}),
+        (7, "client.cancel", {"data": None, "user": 8}),
+        (8, "control.supersede", {"by": "r2"}),
+        (9, "custom.thing", {"n": 1}),
+        (10, "run.cancelled", {}),
+    ]
+    items = compact("c", rows, complete=True).items
+    assert [getattr(i, "event", i.kind) for i in items] == [
+        "run.queued",
+        "run.started",
+        "input",
+        "run.waiting",
+        "message",
+        "input.received",
+        "client.cancel",
+        "control.supersede",
+        "custom.thing",
+        "run.cancelled",
+    ]
+    started, request, answer, received, cancel = items[1], items[2], items[4], items[5], items[6]
+    assert started.text == "Run started (attempt 2)" and '"attempt": 2' in started.detail
+    assert request.pending is False and request.choices == ["yes", "no"]
+    assert (answer.role, answer.text, answer.user) == ("user", "yes", 7)
+    assert (received.text, received.detail) == ("Input received", "yes")
+    assert (cancel.text, cancel.user, cancel.detail) == ("Cancel requested", 8, "")
+    assert items[8].detail == '{\n  "n": 1\n}'
+    # The page view of the same rows: no lifecycle noise, no unknown events.
+    page = [getattr(i, "event", i.kind) for i in compact("c", rows).items]
+    assert page == ["run.queued", "input", "message", "client.cancel", "run.cancelled"]
+
+
+@pytest.mark.django_db
+def test_load_state_and_the_tag_start_after_since():
+    from django.template import Context, Template
+
+    append("since:c", [EventDraft("message.delta", {"message_id": "a", "text": "early"})])
+    append("since:c", [EventDraft("message.delta", {"message_id": "b", "text": "late"})])
+    from agent_channels.channel.state import load_state
+
+    state = load_state("since:c", since=1)
+    assert [i.text for i in state.items] == ["late"] and state.last_seq == 2
+    user = User.objects.create_superuser("tagger")
+    html = Template('{% load agent_channels %}{% agent_channel "since:c" since=1 %}').render(
+        Context({"user": user})
+    )
+    assert "late" in html and "early" not in html and 'since="2"' in html
