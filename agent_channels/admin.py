@@ -522,7 +522,19 @@ class RunAdmin(ReadOnlyAdmin):
         run = self.get_object(request, unquote(object_id))
         if run is not None:
             context.update(self._history_context(request, run))
+            # Django's change view looks the run up again: the same row, no second query.
+            request._agch_run = run  # type: ignore[attr-defined]
         return super().change_view(request, object_id, form_url, context)
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: Any = None) -> Any:
+        cached = getattr(request, "_agch_run", None)
+        if cached is not None and from_field is None and str(cached.pk) == str(object_id):
+            return cached
+        return super().get_object(request, object_id, from_field)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
+        # The change form shows the channel (and the live view needs its name): joined.
+        return super().get_queryset(request).select_related("channel")
 
 
 def _name_users(items: Iterable[Item]) -> None:

@@ -205,7 +205,7 @@ def test_the_delete_confirmation_says_how_much_of_the_log_goes(
     channel = _channel_with_log("del:one", events, runs=2)
     url = reverse("admin:agent_channels_channel_delete", args=[channel.pk])
     # Counted, not listed: the page costs the same whatever the log's length.
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(10):
         response = admin_client.get(url)
     content = response.content.decode()
     assert response.status_code == 200
@@ -264,3 +264,24 @@ def test_a_project_can_turn_the_totals_off(admin_client, monkeypatch):
     response = admin_client.get(RUNS)
     assert "run_totals" not in response.context and b"agch-run-totals" not in response.content
     assert response.context["cl"].result_count == 1
+
+
+@pytest.mark.parametrize("inputs", [2, 60])
+def test_a_run_page_costs_the_same_queries_however_long_its_history(
+    admin_client, django_assert_max_num_queries, inputs
+):
+    run = _run("cost:page", RunStatus.COMPLETED)
+    senders = [User.objects.create_user(f"sender{i}") for i in range(inputs)]
+    drafts = [EventDraft("run.started", {"attempt": 1}, run.pk)]
+    for i, sender in enumerate(senders):
+        drafts += [
+            EventDraft("client.input", {"data": f"in {i}", "user": sender.pk}, run.pk),
+            EventDraft("message.delta", {"message_id": f"m{i}", "text": "x"}, run.pk),
+        ]
+    append("cost:page", drafts)
+    # session, user, the run with its channel, its event bounds, the steps, the history
+    # page's count and rows, the senders' names (one query for all), the watchers, and
+    # Django's content type lookup: none per event or per sender.
+    with django_assert_max_num_queries(10):
+        content = _page(admin_client, run)
+    assert f"by sender{inputs - 1}" in content
