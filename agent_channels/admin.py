@@ -533,8 +533,10 @@ class RunAdmin(ReadOnlyAdmin):
         return super().get_object(request, object_id, from_field)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
-        # The change form shows the channel (and the live view needs its name): joined.
-        return super().get_queryset(request).select_related("channel")
+        # The change form shows the channel and the owner (and the live view needs the
+        # channel's name): joined. The list would join the same (list_select_related,
+        # which Django skips for a queryset that already selects related rows).
+        return super().get_queryset(request).select_related("channel", "created_by")
 
 
 def _name_users(items: Iterable[Item]) -> None:
