@@ -7,6 +7,7 @@ integration tests start get ``AGCH_DB_NAME`` so they open the test database.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -143,3 +144,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"agent_channels": {"handlers": ["console"], "level": "INFO"}},
 }
+# The admin's browser tests price the fake model's tokens in the daphne they start.
+if os.environ.get("AGCH_MODEL_PRICES"):
+    AGENT_CHANNELS["MODEL_PRICES"] = json.loads(os.environ["AGCH_MODEL_PRICES"])

@@ -6,9 +6,10 @@ import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
-from agent_channels.admin import HISTORY_PAGE_SIZE, compact_history
+from agent_channels.admin import HISTORY_PAGE_SIZE
 from agent_channels.channel.control import send_control
 from agent_channels.channel.log import EventDraft, append
+from agent_channels.channel.state import Message, StatusLine, ToolCall, compact
 from agent_channels.models import Channel, Event, Run, RunStatus
 from agent_channels.runtime import start_run
 
@@ -19,7 +20,8 @@ XSS = "<script>alert('pwned')</script>"
 
 def _run(channel: str) -> Run:
     row, _ = Channel.objects.get_or_create(name=channel)
-    return Run.objects.create(channel=row, agent="chat", status=RunStatus.RUNNING)
+    # Finished: an active run's page follows it live instead (tests/test_admin_live.py).
+    return Run.objects.create(channel=row, agent="chat", status=RunStatus.COMPLETED)
 
 
 def _page(client, run: Run, **params: object) -> str:
@@ -51,17 +53,19 @@ def test_deltas_become_one_message_and_tool_calls_one_entry():
             ("message.aborted", {"message_id": "m2", "text": "half", "reason": "interrupted"}),
         ],
     )
-    entries = compact_history(events, {})
-    assert [(e.kind, e.title) for e in entries] == [
-        ("lifecycle", "run.started"),
-        ("message", "Message"),
-        ("tool", "Tool add"),
-        ("message", "Message"),
-    ]
-    hello, tool, half = entries[1:]
+    rows = [(e.seq, e.name, e.data) for e in events]
+    # The admin's history is the template tag's compaction with nothing left out.
+    items = compact(run.channel.name, rows, complete=True).items
+    assert [type(i).__name__ for i in items] == ["StatusLine", "Message", "ToolCall", "Message"]
+    started, hello, tool, half = items
+    assert isinstance(started, StatusLine) and started.text == "Run started (attempt 1)"
+    assert isinstance(hello, Message) and isinstance(half, Message)
     assert (hello.text, hello.status, hello.seq, hello.last_seq) == ("Hello", "completed", 2, 7)
-    assert (tool.detail, tool.result, tool.status) == ('{"a": 1}', "2", "ok")
-    assert (half.text, half.status) == ("half", "aborted: interrupted")
+    assert isinstance(tool, ToolCall)
+    assert (tool.arguments, tool.result, tool.status) == ('{"a": 1}', "2", "done")
+    assert (half.text, half.status) == ("half", "aborted")
+    # The page view of the same events leaves the lifecycle event out.
+    assert len(compact(run.channel.name, rows).items) == 3
 
 
 @pytest.mark.django_db
@@ -158,3 +162,58 @@ def test_answering_a_waiting_run_from_the_admin_shows_up_in_its_history(admin_cl
     content = _page(admin_client, run)
     assert "I am about to ship it." in content and "Done: ship it." in content
     assert "Input received" in content and "by admin" in content
+
+
+def test_the_complete_compaction_leaves_nothing_out_and_names_senders():
+    rows = [
+        (1, "run.queued", {"agent": "chat"}),
+        (2, "run.started", {"attempt": 2}),
+        (3, "input.requested", {"prompt": "ok?", "choices": ["yes", "no"]}),
+        (4, "run.waiting", {"prompt": "ok?"}),
+        (5, "client.input", {"data": {"text": "yes"}, "user": 7}),
+        (6, "input.received", {"value": "yes"}),
+        (7, "client.cancel", {"data": None, "user": 8}),
+        (8, "control.supersede", {"by": "r2"}),
+        (9, "custom.thing", {"n": 1}),
+        (10, "run.cancelled", {}),
+    ]
+    items = compact("c", rows, complete=True).items
+    assert [getattr(i, "event", i.kind) for i in items] == [
+        "run.queued",
+        "run.started",
+        "input",
+        "run.waiting",
+        "message",
+        "input.received",
+        "client.cancel",
+        "control.supersede",
+        "custom.thing",
+        "run.cancelled",
+    ]
+    started, request, answer, received, cancel = items[1], items[2], items[4], items[5], items[6]
+    assert started.text == "Run started (attempt 2)" and '"attempt": 2' in started.detail
+    assert request.pending is False and request.choices == ["yes", "no"]
+    assert (answer.role, answer.text, answer.user) == ("user", "yes", 7)
+    assert (received.text, received.detail) == ("Input received", "yes")
+    assert (cancel.text, cancel.user, cancel.detail) == ("Cancel requested", 8, "")
+    assert items[8].detail == '{\n  "n": 1\n}'
+    # The page view of the same rows: no lifecycle noise, no unknown events.
+    page = [getattr(i, "event", i.kind) for i in compact("c", rows).items]
+    assert page == ["run.queued", "input", "message", "client.cancel", "run.cancelled"]
+
+
+@pytest.mark.django_db
+def test_load_state_and_the_tag_start_after_since():
+    from django.template import Context, Template
+
+    append("since:c", [EventDraft("message.delta", {"message_id": "a", "text": "early"})])
+    append("since:c", [EventDraft("message.delta", {"message_id": "b", "text": "late"})])
+    from agent_channels.channel.state import load_state
+
+    state = load_state("since:c", since=1)
+    assert [i.text for i in state.items] == ["late"] and state.last_seq == 2
+    user = User.objects.create_superuser("tagger")
+    html = Template('{% load agent_channels %}{% agent_channel "since:c" since=1 %}').render(
+        Context({"user": user})
+    )
+    assert "late" in html and "early" not in html and 'since="2"' in html

@@ -26,7 +26,7 @@ import contextlib
 import datetime as dt
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -34,6 +34,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
+from django.db.models import Count
 from django.utils import timezone
 
 from agent_channels.channel.names import event_group
@@ -47,6 +48,7 @@ __all__ = [
     "leave",
     "presence_group",
     "wants_presence",
+    "watcher_counts",
     "watchers",
 ]
 
@@ -113,6 +115,24 @@ def watchers(channel: str) -> Watchers:
     rows = Presence.objects.filter(channel__name=channel, expires_at__gt=timezone.now())
     names = list(rows.values_list(username, flat=True))
     return Watchers(len(names), sorted({str(n) for n in names if n is not None}))
+
+
+def watcher_counts(channel_ids: Iterable[int]) -> dict[int, int]:
+    """Open connections per channel for many channels in one query (a page of a list).
+
+    Channels nobody watches are absent from the answer.
+    """
+    ids = list(channel_ids)
+    if not ids:
+        return {}
+    rows = (
+        Presence.objects.filter(channel_id__in=ids, expires_at__gt=timezone.now())
+        .values("channel_id")
+        .annotate(count=Count("id"))
+        .order_by()
+        .values_list("channel_id", "count")
+    )
+    return dict(rows)
 
 
 class PresenceTracker:

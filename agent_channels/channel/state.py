@@ -6,6 +6,10 @@ calls with their results, ``input.requested`` into prompts that are pending unti
 complete before any JavaScript runs; the client then continues from :attr:`ChannelState.last_seq`
 with the same rules (``agent_channels/static/agent_channels/client.js``).
 
+The admin's run history is the same compaction with ``complete=True``: nothing is left out
+(lifecycle events, answers, the agent's own events become status lines with their data),
+and control items say which user sent them.
+
 Reading a channel costs two queries whatever its length: the channel row, then the events
 streamed in chunks (``.iterator()``), never one query per event.
 """
@@ -23,6 +27,7 @@ __all__ = [
     "CATEGORIES",
     "ChannelState",
     "InputRequest",
+    "Item",
     "Message",
     "StatusLine",
     "ToolCall",
@@ -90,6 +95,14 @@ def _status_line(name: str, data: dict[str, Any]) -> str | None:
     }.get(name)
 
 
+#: What ``complete=True`` calls events the page view leaves out (others show their name).
+_COMPLETE_TEXT = {
+    "run.waiting": "Run waiting for input",
+    "input.received": "Input received",
+    "control.supersede": "Superseded by a newer run",
+}
+
+
 @dataclass
 class Message:
     """A message: the agent's (from deltas) or the user's (from a ``client.input``)."""
@@ -103,6 +116,10 @@ class Message:
     repaired: bool = False
     parts: list[str] = field(default_factory=list, repr=False)
     kind: str = "message"
+    #: The newest seq folded into this message.
+    last_seq: int = 0
+    #: Who sent a user message: the ``user`` its ``client.input`` event recorded (an id).
+    user: Any = None
 
     @property
     def text(self) -> str:
@@ -118,6 +135,7 @@ class ToolCall:
     status: str = "running"  # running | done | failed
     result: str | None = None
     kind: str = "tool"
+    last_seq: int = 0
 
 
 @dataclass
@@ -135,6 +153,10 @@ class StatusLine:
     event: str
     text: str
     kind: str = "status"
+    #: The event's data as text (``complete=True`` only).
+    detail: str = ""
+    #: Who sent a control event: the ``user`` it recorded (an id), if any.
+    user: Any = None
 
     @property
     def css(self) -> str:
@@ -175,9 +197,15 @@ def compact(
     *,
     categories: Iterable[str] = CATEGORIES,
     limit: int | None = None,
+    complete: bool = False,
 ) -> ChannelState:
-    """Fold ``(seq, event name, data)`` rows, in seq order, into a :class:`ChannelState`."""
-    shown = frozenset(categories)
+    """Fold ``(seq, event name, data)`` rows, in seq order, into a :class:`ChannelState`.
+
+    ``complete``: an operator's view, every event becomes an item (``categories`` is
+    ignored); events the page view leaves out become :class:`StatusLine` items whose
+    ``detail`` is their data.
+    """
+    shown = frozenset((*CATEGORIES, "other") if complete else categories)
     state = ChannelState(name=name)
     items: list[Item] = []
     messages: dict[str, Message] = {}
@@ -204,6 +232,7 @@ def compact(
             if message is None:
                 message = messages[message_id] = Message(message_id, seq)
                 items.append(message)
+            message.last_seq = seq
             if event == "message.delta":
                 message.parts.append(as_text(data.get("text", "")))
             else:
@@ -213,7 +242,10 @@ def compact(
                     message.repaired = True
                 message.status = "completed" if event == "message.completed" else "aborted"
         elif event == "client.input":
-            user_message = Message(f"input-{seq}", seq, role="user", status="completed")
+            user_message = Message(
+                f"input-{seq}", seq, role="user", status="completed", last_seq=seq
+            )
+            user_message.user = data.get("user")
             user_message.parts.append(as_text(data.get("data")))
             items.append(user_message)
         elif event in ("tool.started", "tool.completed"):
@@ -227,6 +259,7 @@ def compact(
                     as_text(data.get("arguments", "")),
                 )
                 items.append(call)
+            call.last_seq = seq
             if event == "tool.completed":
                 call.status = "failed" if data.get("ok") is False else "done"
                 call.result = as_text(data.get("result"))
@@ -241,7 +274,9 @@ def compact(
             items.append(request)
         else:
             text = _status_line(event, data)
-            if text is not None:
+            if complete:
+                items.append(_complete_line(seq, event, text, raw, data))
+            elif text is not None:
                 items.append(StatusLine(seq, event, text))
     if limit is not None and len(items) > limit:
         state.truncated = len(items) - limit
@@ -250,10 +285,37 @@ def compact(
     return state
 
 
+def _complete_line(
+    seq: int, event: str, text: str | None, raw: Any, data: dict[str, Any]
+) -> StatusLine:
+    """The status line ``complete=True`` makes of any event the other items do not show."""
+    if event == "run.started":
+        text = f"Run started (attempt {data.get('attempt', 1)})"
+    line = StatusLine(seq, event, text or _COMPLETE_TEXT.get(event, event))
+    # A control event's payload is what its sender typed; otherwise all of the data.
+    if event.startswith("client."):
+        line.user = data.get("user")
+        shown = data.get("data")
+    elif event == "input.received" and "value" in data:
+        shown = data["value"]
+    else:
+        shown = raw
+    if shown is not None and shown != {}:
+        line.detail = as_text(shown)
+    return line
+
+
 def load_state(
-    name: str, *, categories: Iterable[str] = CATEGORIES, limit: int | None = 500
+    name: str,
+    *,
+    categories: Iterable[str] = CATEGORIES,
+    limit: int | None = 500,
+    since: int = 0,
 ) -> ChannelState:
-    """The current state of channel ``name`` from the database, in two queries."""
+    """The current state of channel ``name`` from the database, in two queries.
+
+    ``since``: fold only the events after this seq (a run's page starts at its run).
+    """
     row = Channel.objects.filter(name=name).values_list("id", "last_seq", "pruned_seq").first()
     if row is None:
         return ChannelState(name=name)
@@ -261,7 +323,7 @@ def load_state(
     # Only up to the head read above: the client resumes after it, so an event committed
     # meanwhile comes over the socket instead of being shown twice.
     rows = (
-        Event.objects.filter(channel_id=channel_id, seq__gt=pruned, seq__lte=head)
+        Event.objects.filter(channel_id=channel_id, seq__gt=max(pruned, since), seq__lte=head)
         .order_by("seq")
         .values_list("seq", "name", "data")
         .iterator(chunk_size=CHUNK_SIZE)

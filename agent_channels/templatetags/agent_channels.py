@@ -66,6 +66,7 @@ def agent_channel(
     controls: bool = True,
     debug: bool = False,
     limit: int = 500,
+    since: int = 0,
     template_name: str = CHANNEL_TEMPLATE,
 ) -> SafeString:
     """Render ``channel``'s current state, live once the client script runs.
@@ -73,7 +74,7 @@ def agent_channel(
     ``events``: a comma-separated subset of ``messages,tools,input,status`` (default all).
     ``controls``: show the input, interrupt and cancel controls, to users the access
     policy lets send. ``debug``: add a raw event list fed by the client. ``limit``: render at
-    most this many of the newest items.
+    most this many of the newest items. ``since``: show only the events after this seq.
     """
     request = context.get("request")
     user = getattr(request, "user", None) or context.get("user")
@@ -85,7 +86,11 @@ def agent_channel(
         raise template.TemplateSyntaxError(f"agent_channel: {exc}") from None
     can_read = policy.can_read(user, name)
     can_send = bool(can_read and policy.can_send(user, name))
-    state = load_state(name, categories=categories, limit=limit) if can_read else ChannelState(name)
+    state = (
+        load_state(name, categories=categories, limit=limit, since=int(since))
+        if can_read
+        else ChannelState(name)
+    )
     values: dict[str, Any] = {
         "channel": name,
         "state": state,
