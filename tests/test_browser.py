@@ -289,6 +289,9 @@ def test_screenshot_of_the_example_channel_page(session_id, showcase_channel, se
     assert page.locator("agent-channel .agch-choice").count() == 2
     page.wait_for_selector("agent-channel .agch-presence[data-count='1']")
     assert page.locator("agent-channel .agch-presence").text_content() == "1 watching: browser"
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
-    assert SCREENSHOT.stat().st_size > 10_000
+    # The page is checked on every run; the file in docs/ is rewritten only on request
+    # (AGCH_SCREENSHOTS=1), so a test run leaves the checkout clean.
+    shot = page.screenshot(full_page=True)
+    assert len(shot) > 10_000
+    if os.environ.get("AGCH_SCREENSHOTS") == "1":
+        SCREENSHOT.write_bytes(shot)
