@@ -118,6 +118,11 @@ AGENT_CHANNELS = {
     "STALE_AFTER_SECONDS": float(os.environ.get("AGCH_STALE_AFTER", "3")),
     "REAP_EVERY_SECONDS": float(os.environ.get("AGCH_REAP_EVERY", "1")),
     "OPENAI_MODEL": "test-model",
+    # Tests act as one user at machine speed: the HTTP throttles and the active-run quota
+    # would refuse them. tests/test_quotas.py turns each on where it is the subject.
+    "HTTP_RUNS_RATE": 0,
+    "HTTP_MESSAGES_RATE": 0,
+    "MAX_ACTIVE_RUNS_PER_USER": None,
 }
 #: The Celery broker of the integration tests: its own Redis database.
 CELERY_BROKER_URL_FOR_TESTS = os.environ.get("AGCH_BROKER_URL", "redis://127.0.0.1:6379/6")

@@ -57,6 +57,7 @@ def test_http_agent_runs_chat_and_resumes_an_approval(queue, django_user_model, 
                 "AGUI_COOKIE": cookie,
                 "AGUI_CSRF": _mask_cipher_secret(secret),
                 "AGUI_THREAD_SUFFIX": suffix,
+                "AGUI_THREAD_PREFIX": f"user:{user.pk}/",
             },
             timeout=120,
         )
