@@ -17,14 +17,19 @@ from django.core.management.base import BaseCommand
 from django.db import DEFAULT_DB_ALIAS, connections
 
 
-def is_embedded_database(alias: str = DEFAULT_DB_ALIAS) -> bool:
-    """True when ``alias`` is the example's own SQLite file, ``BASE_DIR / "db.sqlite3"``."""
-    connection = connections[alias]
+def embedded_path() -> Path | None:
+    """The example's own SQLite file (the default when ``DATABASE_URL`` is unset)."""
     base_dir = getattr(settings, "BASE_DIR", None)
-    if connection.vendor != "sqlite" or base_dir is None:
+    return None if base_dir is None else Path(base_dir) / "db.sqlite3"
+
+
+def is_embedded_database(alias: str = DEFAULT_DB_ALIAS) -> bool:
+    """True when ``alias`` is the embedded SQLite database, not one ``DATABASE_URL`` names."""
+    connection = connections[alias]
+    path = embedded_path()
+    if connection.vendor != "sqlite" or path is None:
         return False
-    name = Path(str(connection.settings_dict["NAME"]))
-    return name.resolve() == (Path(base_dir) / "db.sqlite3").resolve()
+    return Path(str(connection.settings_dict["NAME"])).resolve() == path.resolve()
 
 
 class Command(BaseCommand):
