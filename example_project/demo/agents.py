@@ -113,7 +113,8 @@ def chat_options(options: dict[str, Any]) -> dict[str, Any]:
     model = options.get("model")
     # The Responses API names the cap differently from Chat Completions.
     cap = "max_output_tokens" if get_config()["OPENAI_API"] == "responses" else "max_tokens"
-    return {"model": model if model in ALLOWED_MODELS else None, cap: MAX_TOKENS}
+    allowed = isinstance(model, str) and model in ALLOWED_MODELS
+    return {"model": model if allowed else None, cap: MAX_TOKENS}
 
 
 @agent("chat")
