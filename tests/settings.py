@@ -135,6 +135,11 @@ if os.environ.get("AGCH_DS_CONFORMANCE"):
     AGENT_CHANNELS["DURABLE_STREAMS_MAX_APPEND_BYTES"] = 16 * 1024 * 1024
     if os.environ.get("AGCH_DS_LONG_POLL"):
         AGENT_CHANNELS["DURABLE_STREAMS_LONG_POLL_SECONDS"] = float(os.environ["AGCH_DS_LONG_POLL"])
+if os.environ.get("AGCH_MAX_SOCKETS"):
+    AGENT_CHANNELS["MAX_SOCKETS_PER_USER"] = int(os.environ["AGCH_MAX_SOCKETS"])
+if os.environ.get("AGCH_HTTP_RUNS_RATE"):
+    AGENT_CHANNELS["HTTP_RUNS_RATE"] = float(os.environ["AGCH_HTTP_RUNS_RATE"])
+    AGENT_CHANNELS["HTTP_RUNS_BURST"] = int(os.environ.get("AGCH_HTTP_RUNS_BURST", "1"))
 if os.environ.get("AGCH_SEND_BUFFER_BYTES"):
     AGENT_CHANNELS["SEND_BUFFER_BYTES"] = int(os.environ["AGCH_SEND_BUFFER_BYTES"])
 # The model API of the integration tests' workers (tests/test_responses_celery.py).

@@ -217,3 +217,69 @@ async def test_a_user_may_hold_only_so_many_sockets(django_user_model, quotas):
     await second.disconnect()
     await third.disconnect()
     assert open_sockets(user.pk) == 0
+
+
+# -- the same through a real daphne --------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_daphne_refuses_a_users_socket_past_the_limit_and_throttles_starts(django_user_model):
+    import asyncio
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    import websockets
+
+    from .procs import Daphne
+
+    user = django_user_model.objects.create_user("dave")
+    client = logged_in(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}; csrftoken={TOKEN}"
+    channel = f"{client.ns}sockets"
+    publish(channel, "tick", owner=user)
+    server = Daphne(AGCH_MAX_SOCKETS="2", AGCH_HTTP_RUNS_RATE="0.01", AGCH_HTTP_RUNS_BURST="1")
+
+    async def sockets() -> list[object]:
+        url = server.ws_url(quote(channel, safe=""))
+        opened, answers = [], []
+        for _ in range(3):
+            ws = await websockets.connect(url, origin=f"http://127.0.0.1:{server.port}",
+                                          additional_headers={"Cookie": cookie})
+            opened.append(ws)
+            answers.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(opened[2].recv(), 10)
+        answers.append(closed.value.rcvd.code)
+        await opened[0].close()
+        await asyncio.sleep(0.2)
+        again = await websockets.connect(url, origin=f"http://127.0.0.1:{server.port}",
+                                         additional_headers={"Cookie": cookie})
+        answers.append(json.loads(await asyncio.wait_for(again.recv(), 10))["type"])
+        for ws in [*opened[1:], again]:
+            await ws.close()
+        return answers
+
+    def start_run_over_http(name: str) -> tuple[int, dict, str | None]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}/agent-channels/{quote(name, safe='')}/runs/",
+            data=json.dumps({"agent": "echo"}).encode(), method="POST",
+            headers={"Cookie": cookie, "X-CSRFToken": TOKEN, "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.load(response), None
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc), exc.headers.get("Retry-After")
+
+    try:
+        first, second, third, code, reopened = asyncio.run(sockets())
+        assert first["type"] == second["type"] == "hello"
+        assert third["type"] == "error" and third["code"] == "too_many_sockets"
+        assert code == 4429 and reopened == "hello"
+        assert start_run_over_http(f"{client.ns}a")[0] == 201
+        status, body, retry = start_run_over_http(f"{client.ns}b")
+        assert (status, body["code"]) == (429, "throttled") and int(retry) >= 90
+    finally:
+        server.stop()
+    wait_for(lambda: not Run.objects.active().exists())
