@@ -6,17 +6,16 @@ import json
 
 from django.http import HttpRequest, HttpResponse
 
-from agent_channels.channel.log import read
 from agent_channels.channel.names import InvalidChannelName, validate_name
 from agent_channels.conf import get_config
-from agent_channels.models import Channel
+from agent_channels.models import Channel, Event
 from agent_channels.views.http import check_read, error, int_param
 
 __all__ = ["events"]
 
-#: Events read from the log per query while a page fills: a page of large events stops at
-#: MAX_PAGE_BYTES having held at most this many of them in memory beyond it.
-_READ_BATCH = 50
+#: Rows fetched from the database at a time while a page fills (one query, a cursor): a
+#: page of large events stops at MAX_PAGE_BYTES having held at most this many beyond it.
+_FETCH_ROWS = 50
 
 
 def _page(
@@ -27,17 +26,18 @@ def _page(
     progress)."""
     texts: list[str] = []
     size = 0
-    while len(texts) < limit and after < head:
-        batch = read(channel_id, after, head, min(_READ_BATCH, limit - len(texts)))
-        if not batch:
+    rows = (
+        Event.objects.filter(channel_id=channel_id, seq__gt=after, seq__lte=head)
+        .order_by("seq")[:limit]
+        .iterator(chunk_size=_FETCH_ROWS)
+    )
+    for event in rows:
+        text = json.dumps(event.to_frame(), ensure_ascii=False, separators=(",", ":"))
+        size += len(text.encode("utf-8")) + 1
+        if texts and size > max_bytes:
             break
-        for event in batch:
-            text = json.dumps(event.to_frame(), ensure_ascii=False, separators=(",", ":"))
-            size += len(text.encode("utf-8")) + 1
-            if texts and size > max_bytes:
-                return texts, after
-            texts.append(text)
-            after = event.seq
+        texts.append(text)
+        after = event.seq
     return texts, after
 
 
