@@ -97,5 +97,5 @@ def test_http_agent_runs_chat_and_resumes_an_approval(queue, django_user_model, 
     assert approval["result"]["approved"] is True
     assert approval["pendingAfter"] == 0
     assert approval["texts"] == ["I am about to ship it.", "Done: ship it."]
-    run = Run.objects.get(channel__name=f"node-approval-{suffix}")
+    run = Run.objects.get(channel__name=f"user:{user.pk}/node-approval-{suffix}")
     assert run.status == RunStatus.COMPLETED
