@@ -49,19 +49,23 @@ def reachable(url: str) -> bool:
 
 
 def serve(argv: list[str]) -> int:
-    """The example project on embedded defaults (or DATABASE_URL / REDIS_URL when set)."""
+    """The example project on embedded defaults (or DATABASE_URL / REDIS_URL when set).
+
+    With DEBUG on (and so the example's public secret key), which the example allows only
+    when asked: a deployment runs daphne with DJANGO_SECRET_KEY instead.
+    """
     example = ROOT / "example_project"
     manage = [str(PY), str(example / "manage.py")]
-    if run([*manage, "migrate", "--noinput", "-v", "0"]):
+    env = {**os.environ, "DJANGO_DEBUG": os.environ.get("DJANGO_DEBUG", "1")}
+    if subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=False).returncode:
         return 1
-    run([*manage, "shell", "-c",
-         "from django.contrib.auth import get_user_model as g; U = g();"
-         "U.objects.filter(username='admin').exists() or "
-         "U.objects.create_superuser('admin', 'admin@example.com', 'admin')"])
+    # admin / admin only in the embedded SQLite database, never in DATABASE_URL's.
+    subprocess.run([*manage, "demo_superuser"], env=env, check=False)
     port = argv[0] if argv else "8000"
-    print(f"Example project: http://127.0.0.1:{port}/  (admin / admin)", flush=True)
+    login = "" if os.environ.get("DATABASE_URL") else "  (admin / admin)"
+    print(f"Example project: http://127.0.0.1:{port}/{login}", flush=True)
     # daphne's runserver: the same ASGI server as production, plus static files and reload.
-    return subprocess.run([*manage, "runserver", f"127.0.0.1:{port}"], cwd=example,
+    return subprocess.run([*manage, "runserver", f"127.0.0.1:{port}"], cwd=example, env=env,
                           check=False).returncode
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "MessageStream",
     "OwnerAccessPolicy",
     "apublish",
+    "new_channel_name",
     "publish",
     "stream_message",
 ]
@@ -31,12 +32,13 @@ _EXPORTS = {
     "MessageStream": "agent_channels.channel.publishing",
     "OwnerAccessPolicy": "agent_channels.access",
     "apublish": "agent_channels.channel.publishing",
+    "new_channel_name": "agent_channels.access",
     "publish": "agent_channels.channel.publishing",
     "stream_message": "agent_channels.channel.publishing",
 }
 
 if TYPE_CHECKING:
-    from agent_channels.access import AccessPolicy, OwnerAccessPolicy
+    from agent_channels.access import AccessPolicy, OwnerAccessPolicy, new_channel_name
     from agent_channels.channel.log import InvalidEvent
     from agent_channels.channel.names import InvalidChannelName
     from agent_channels.channel.publishing import (

@@ -22,8 +22,10 @@ __all__ = [
     "check_access_recheck",
     "check_channel_layer",
     "check_database",
+    "check_quotas",
     "check_redis_timeouts",
     "check_settings",
+    "check_user_channel_prefix",
 ]
 
 IN_MEMORY = "channels.layers.InMemoryChannelLayer"
@@ -98,6 +100,79 @@ def check_access_recheck(
             id="agent_channels.E006",
         )
     ]
+
+
+@register(Tags.security)
+def check_user_channel_prefix(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    value = get_config()["USER_CHANNEL_PREFIX"]
+    if value is None:
+        return []
+    try:
+        per_user = isinstance(value, str) and value.format(user_id=1) != value.format(user_id=2)
+    except (KeyError, IndexError, ValueError):
+        per_user = False
+    if per_user:
+        return []
+    return [
+        Error(
+            f"AGENT_CHANNELS['USER_CHANNEL_PREFIX'] = {value!r} does not give each user a "
+            "namespace of their own.",
+            hint='Use a string with "{user_id}" and no other fields, e.g. "user:{user_id}/", '
+            "or None to let only operators create channels.",
+            id="agent_channels.E301",
+        )
+    ]
+
+
+#: Quota and throttle settings: positive numbers, or None/0 where that turns them off.
+_LIMITS = {
+    "MAX_ACTIVE_RUNS_PER_USER": "an integer >= 0, or None for no limit",
+    "MAX_QUEUED_RUNS_PER_CHANNEL": "an integer >= 0, or None for no limit",
+    "MAX_SOCKETS_PER_USER": "an integer >= 0, or None for no limit",
+    "HTTP_RUNS_RATE": "requests per second >= 0 (0 turns the throttle off)",
+    "HTTP_RUNS_BURST": "an integer >= 1",
+    "HTTP_MESSAGES_RATE": "requests per second >= 0 (0 turns the throttle off)",
+    "HTTP_MESSAGES_BURST": "an integer >= 1",
+    "MAX_PAGE_BYTES": "an integer >= 1",
+}
+
+
+def _limit_ok(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if "RATE" in name:
+        return isinstance(value, int | float) and value >= 0
+    if value is None:
+        return name.startswith("MAX_") and name != "MAX_PAGE_BYTES"
+    low = 1 if name.endswith("BURST") or name == "MAX_PAGE_BYTES" else 0
+    return isinstance(value, int) and value >= low
+
+
+@register(Tags.compatibility)
+def check_quotas(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    config = get_config()
+    errors: list[CheckMessage] = [
+        Error(
+            f"AGENT_CHANNELS[{name!r}] = {config[name]!r} is not a valid limit.",
+            hint=f"Give {expected}.",
+            id="agent_channels.E302",
+        )
+        for name, expected in _LIMITS.items()
+        if not _limit_ok(name, config[name])
+    ]
+    if config["THROTTLE_CACHE"] not in settings.CACHES:
+        errors.append(
+            Error(
+                f"AGENT_CHANNELS['THROTTLE_CACHE'] = {config['THROTTLE_CACHE']!r} is not an "
+                "alias in CACHES.",
+                hint="Name an alias of settings.CACHES (a shared cache such as Redis, so the "
+                "throttles hold across processes).",
+                id="agent_channels.E302",
+            )
+        )
+    return errors
 
 
 @register(Tags.compatibility)

@@ -35,6 +35,28 @@ DEFAULTS: dict[str, Any] = {
     # a deactivated or logged-out user, or one who lost the channel, is cut off. 0 turns the
     # periodic check off.
     "ACCESS_RECHECK_SECONDS": 30.0,
+    # --- Ownership and quotas (docs/security.rst) ---
+    # The namespace of channel names a user may create under the default policy, formatted
+    # with the user's primary key; None: only users with control_all_runs create channels.
+    "USER_CHANNEL_PREFIX": "user:{user_id}/",
+    # Runs (queued, running or waiting) one user may have at once; None: no limit.
+    "MAX_ACTIVE_RUNS_PER_USER": 10,
+    # Runs waiting behind the active one on a channel (double-texting "enqueue"); None: no limit.
+    "MAX_QUEUED_RUNS_PER_CHANNEL": 10,
+    # WebSockets one logged-in user may hold open in one server process; None: no limit.
+    "MAX_SOCKETS_PER_USER": 50,
+    # HTTP throttles per user (token buckets in THROTTLE_CACHE): requests per second and the
+    # burst a user may save up, for POST runs/ and POST messages/. A rate of 0 turns one off.
+    "HTTP_RUNS_RATE": 0.5,
+    "HTTP_RUNS_BURST": 10,
+    "HTTP_MESSAGES_RATE": 5.0,
+    "HTTP_MESSAGES_BURST": 20,
+    # The alias in CACHES the throttles keep their buckets in (shared by processes if the
+    # cache is: Redis or Memcached, not the per-process LocMemCache).
+    "THROTTLE_CACHE": "default",
+    # Bytes of events one page of GET events/ carries at most (at least one event): a page
+    # stops early, with has_more, instead of growing to hundreds of MB.
+    "MAX_PAGE_BYTES": 1024 * 1024,
     # Events read from the log per query while a connection catches up.
     "REPLAY_BATCH_SIZE": 500,
     # Live frames a connection keeps in memory while it catches up; past this it rereads the log.

@@ -13,3 +13,26 @@ class NoClaimsPolicy(OwnerAccessPolicy):
 
     def can_create(self, user: Any, channel: str) -> bool:
         return False
+
+
+class NoEchoPolicy(OwnerAccessPolicy):
+    """The default, except that nobody may start the ``echo`` agent."""
+
+    def can_run(self, user: Any, channel: str, agent: str) -> bool:
+        return agent != "echo"
+
+
+class OpenNoEchoPolicy(AccessPolicy):
+    """Anyone (anonymous users too) may read, send and create, but not run ``echo``."""
+
+    def can_read(self, user: Any, channel: str) -> bool:
+        return True
+
+    def can_send(self, user: Any, channel: str) -> bool:
+        return True
+
+    def can_create(self, user: Any, channel: str) -> bool:
+        return True
+
+    def can_run(self, user: Any, channel: str, agent: str) -> bool:
+        return agent != "echo"

@@ -119,6 +119,11 @@ AGENT_CHANNELS = {
     "STALE_AFTER_SECONDS": float(os.environ.get("AGCH_STALE_AFTER", "3")),
     "REAP_EVERY_SECONDS": float(os.environ.get("AGCH_REAP_EVERY", "1")),
     "OPENAI_MODEL": "test-model",
+    # Tests act as one user at machine speed: the HTTP throttles and the active-run quota
+    # would refuse them. tests/test_quotas.py turns each on where it is the subject.
+    "HTTP_RUNS_RATE": 0,
+    "HTTP_MESSAGES_RATE": 0,
+    "MAX_ACTIVE_RUNS_PER_USER": None,
 }
 #: The Celery broker of the integration tests: its own Redis database.
 CELERY_BROKER_URL_FOR_TESTS = os.environ.get("AGCH_BROKER_URL", "redis://127.0.0.1:6379/6")
@@ -131,6 +136,11 @@ if os.environ.get("AGCH_DS_CONFORMANCE"):
     AGENT_CHANNELS["DURABLE_STREAMS_MAX_APPEND_BYTES"] = 16 * 1024 * 1024
     if os.environ.get("AGCH_DS_LONG_POLL"):
         AGENT_CHANNELS["DURABLE_STREAMS_LONG_POLL_SECONDS"] = float(os.environ["AGCH_DS_LONG_POLL"])
+if os.environ.get("AGCH_MAX_SOCKETS"):
+    AGENT_CHANNELS["MAX_SOCKETS_PER_USER"] = int(os.environ["AGCH_MAX_SOCKETS"])
+if os.environ.get("AGCH_HTTP_RUNS_RATE"):
+    AGENT_CHANNELS["HTTP_RUNS_RATE"] = float(os.environ["AGCH_HTTP_RUNS_RATE"])
+    AGENT_CHANNELS["HTTP_RUNS_BURST"] = int(os.environ.get("AGCH_HTTP_RUNS_BURST", "1"))
 if os.environ.get("AGCH_SEND_BUFFER_BYTES"):
     AGENT_CHANNELS["SEND_BUFFER_BYTES"] = int(os.environ["AGCH_SEND_BUFFER_BYTES"])
 # The model API of the integration tests' workers (tests/test_responses_celery.py).

@@ -37,7 +37,11 @@ def run_input(thread: str, run_id: str | None = None, text: str = "hi", **extra:
 
 @pytest.fixture
 async def client(django_user_model):
-    user = await database_sync_to_async(django_user_model.objects.create_user)("ui")
+    # An operator, who may start runs on any thread id; plain users have their namespace
+    # (test_plain_users_run_agents_on_threads_in_their_namespace).
+    from .helpers import create_operator
+
+    user = await database_sync_to_async(create_operator)(django_user_model, "ui")
     client = AsyncClient()
     await client.aforce_login(user)
     return client
@@ -178,3 +182,15 @@ def test_events_without_an_ag_ui_equivalent_travel_as_custom_events():
         "TEXT_MESSAGE_CONTENT",
         "TEXT_MESSAGE_END",
     ]
+
+
+async def test_plain_users_run_agents_on_threads_in_their_namespace(django_user_model):
+    user = await database_sync_to_async(django_user_model.objects.create_user)("plain")
+    client = AsyncClient()
+    await client.aforce_login(user)
+    refused = await client.post("/ag-ui/fail/", run_input("agui-anywhere"), "application/json")
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+    events = await post(client, "fail", run_input(f"user:{user.pk}/agui-mine"))
+    assert events[-1].type == EventType.RUN_ERROR
+    assert await runs_on("agui-anywhere") == 0
+    assert await runs_on(f"user:{user.pk}/agui-mine") == 1

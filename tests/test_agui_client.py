@@ -57,6 +57,7 @@ def test_http_agent_runs_chat_and_resumes_an_approval(queue, django_user_model, 
                 "AGUI_COOKIE": cookie,
                 "AGUI_CSRF": _mask_cipher_secret(secret),
                 "AGUI_THREAD_SUFFIX": suffix,
+                "AGUI_THREAD_PREFIX": f"user:{user.pk}/",
             },
             timeout=120,
         )
@@ -96,5 +97,5 @@ def test_http_agent_runs_chat_and_resumes_an_approval(queue, django_user_model, 
     assert approval["result"]["approved"] is True
     assert approval["pendingAfter"] == 0
     assert approval["texts"] == ["I am about to ship it.", "Done: ship it."]
-    run = Run.objects.get(channel__name=f"node-approval-{suffix}")
+    run = Run.objects.get(channel__name=f"user:{user.pk}/node-approval-{suffix}")
     assert run.status == RunStatus.COMPLETED

@@ -365,7 +365,7 @@ def test_every_check_id_is_documented():
     )
     docs = (root / "docs" / "checks.rst").read_text(encoding="utf-8")
     check_ids = set(re.findall(r"agent_channels\.[EW]\d{3}", code))
-    assert len(check_ids) == 18  # + E110, E111, W110 (scale)
+    assert len(check_ids) == 20  # + E110, E111, W110 (scale), E301, E302 (ownership, quotas)
     assert not [i for i in sorted(check_ids) if i not in docs]
 
 

@@ -38,19 +38,25 @@ def test_a_hostile_channel_name_stays_text(admin_client):
 def test_opening_a_new_channel_creates_nothing(client, django_user_model):
     user = django_user_model.objects.create_user("dana", password="pw")
     client.force_login(user)
-    response = page(client, "danas-channel")
+    # "New channel" hands out an unguessable name in the user's own namespace.
+    location = client.get("/new/")["Location"]
+    assert location.startswith(f"/c/user:{user.pk}/demo-")
+    assert len(location) > len(f"/c/user:{user.pk}/demo-") + 20
+    response = client.get(location)
     assert response.status_code == 200 and b"created when its first run starts" in response.content
-    assert not Channel.objects.filter(name="danas-channel").exists()
+    assert client.get("/new/")["Location"] != location
+    assert not Channel.objects.exists()
 
 
 def test_the_form_starts_a_run_and_makes_the_user_the_owner(client, django_user_model):
     user = django_user_model.objects.create_user("dana", password="pw")
     client.force_login(user)
-    response = client.post("/c/danas-run/", {"agent": "demo", "input": '{"tokens": 0}'})
-    assert response.status_code == 302 and response["Location"] == "/c/danas-run/"
-    run = Run.objects.get(channel__name="danas-run")
+    name = f"user:{user.pk}/danas-run"
+    response = client.post(f"/c/{name}/", {"agent": "demo", "input": '{"tokens": 0}'})
+    assert response.status_code == 302 and response["Location"] == f"/c/{name}/"
+    run = Run.objects.get(channel__name=name)
     assert run.agent == "demo" and run.input == {"tokens": 0} and run.created_by == user
-    assert Channel.objects.get(name="danas-run").owner == user
+    assert Channel.objects.get(name=name).owner == user
 
 
 def test_the_form_reports_an_unknown_agent(admin_client):
@@ -59,13 +65,23 @@ def test_the_form_reports_an_unknown_agent(admin_client):
     assert not Run.objects.exists()
 
 
-def test_other_users_channels_are_refused(client, django_user_model):
+def test_other_users_channels_and_names_outside_ones_namespace_are_refused_alike(
+    client, django_user_model
+):
     owner = django_user_model.objects.create_user("owner")
     publish("owned", "tick", owner=owner)
-    client.force_login(django_user_model.objects.create_user("eve"))
-    assert page(client, "owned").status_code == 403
-    assert client.post("/c/owned/", {"agent": "demo"}).status_code == 403
+    publish(f"user:{owner.pk}/theirs", "tick", owner=owner)
+    eve = django_user_model.objects.create_user("eve")
+    client.force_login(eve)
+    answers = set()
+    for name in ("owned", "free-name", f"user:{owner.pk}/theirs", f"user:{owner.pk}/unused"):
+        shown, posted = page(client, name), client.post(f"/c/{name}/", {"agent": "demo"})
+        answers.add((shown.status_code, shown.content, posted.status_code, posted.content))
+    # One answer whether the name exists or not: the pages tell nobody which names exist.
+    assert answers == {(404, b"No such channel.", 404, b"No such channel.")}
     assert not Run.objects.exists()
+    assert set(Channel.objects.values_list("name", flat=True)) == {
+        "owned", f"user:{owner.pk}/theirs"}
 
 
 def test_the_index_lists_only_the_users_channels_with_their_latest_run(client,

@@ -34,8 +34,16 @@ from agent_channels.durable_streams.live import Waiter
 from agent_channels.durable_streams.views import csrf_refusal
 from agent_channels.models import Channel, Event, Run
 from agent_channels.runtime.api import start_run
-from agent_channels.runtime.errors import RunConflict, RunError, UnknownAgent
+from agent_channels.runtime.errors import (
+    AgentForbidden,
+    QuotaExceeded,
+    RunConflict,
+    RunError,
+    RunForbidden,
+    UnknownAgent,
+)
 from agent_channels.views.http import error
+from agent_channels.views.throttle import throttle
 
 __all__ = ["run_agent"]
 
@@ -98,6 +106,10 @@ def _check_send(user: Any, channel: str) -> None:
     raise Refused(error(403, "forbidden", "You may not run agents on this thread."))
 
 
+def _agent_forbidden(agent: str) -> JsonResponse:
+    return error(403, "agent_forbidden", f"You may not run the agent {agent!r} here.")
+
+
 def _queued_seq(run: Run) -> int:
     seq = (
         Event.objects.filter(run=run, name="run.queued")
@@ -117,10 +129,19 @@ def plan(user: Any, agent: str, channel: str, run_input: RunAgentInput) -> Plan:
         return Plan(existing.channel_id, str(existing.pk), _queued_seq(existing) - 1)
     if run_input.resume:
         return _resume(user, channel, run_input)
+    if not user.pk and not get_access_policy().can_run(user, channel, agent):
+        # start_run asks can_run for the users it is given; anonymous ones are asked here.
+        raise Refused(_agent_forbidden(agent))
     try:
         run = start_run(channel, agent, agent_input(run_input), user=user if user.pk else None)
     except UnknownAgent as exc:
         raise Refused(error(404, "unknown_agent", str(exc))) from None
+    except AgentForbidden:
+        raise Refused(_agent_forbidden(agent)) from None
+    except RunForbidden:
+        raise Refused(error(403, "forbidden", "You may not run agents on this thread.")) from None
+    except QuotaExceeded as exc:
+        raise Refused(error(429, exc.code, str(exc))) from None
     except RunConflict as exc:
         raise Refused(error(409, "run_active", str(exc), run=str(exc.active_run_id))) from None
     except RunError as exc:
@@ -193,7 +214,7 @@ async def run_agent(request: HttpRequest, agent: str) -> HttpResponseBase:
         refusal["Allow"] = "POST"
         return refusal
     user = await request.auser()
-    refused = csrf_refusal(request, user)
+    refused = csrf_refusal(request, user) or await database_sync_to_async(throttle)(request, "runs")
     if refused is not None:
         return refused
     limit = get_config()["AGUI_MAX_INPUT_BYTES"]

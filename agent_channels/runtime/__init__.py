@@ -9,9 +9,11 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "AgentForbidden",
     "Cancelled",
     "ChatResult",
     "Interrupted",
+    "QuotaExceeded",
     "RunBackend",
     "RunConflict",
     "RunContext",
@@ -25,6 +27,8 @@ __all__ = [
 ]
 
 _EXPORTS = {
+    "AgentForbidden": "agent_channels.runtime.errors",
+    "QuotaExceeded": "agent_channels.runtime.errors",
     "Cancelled": "agent_channels.runtime.errors",
     "ChatResult": "agent_channels.runtime.calls",
     "Interrupted": "agent_channels.runtime.errors",
@@ -46,8 +50,10 @@ if TYPE_CHECKING:
     from agent_channels.runtime.calls import ChatResult
     from agent_channels.runtime.context import RunContext
     from agent_channels.runtime.errors import (
+        AgentForbidden,
         Cancelled,
         Interrupted,
+        QuotaExceeded,
         RunConflict,
         RunError,
         RunForbidden,

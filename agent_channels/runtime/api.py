@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from agent_channels.access import get_access_policy
@@ -13,7 +14,13 @@ from agent_channels.channel.names import validate_name
 from agent_channels.conf import get_config
 from agent_channels.models import Channel, Run, RunStatus
 from agent_channels.runtime import lifecycle
-from agent_channels.runtime.errors import RunConflict, RunError, RunForbidden
+from agent_channels.runtime.errors import (
+    AgentForbidden,
+    QuotaExceeded,
+    RunConflict,
+    RunError,
+    RunForbidden,
+)
 from agent_channels.runtime.registry import get_agent
 
 __all__ = ["POLICIES", "start_run"]
@@ -42,6 +49,12 @@ def start_run(
     if the access policy lets ``user`` send to it; otherwise :class:`RunForbidden` is
     raised. ``user=None`` (your own server code) and channels without an owner are not
     checked here: decide those before calling (the HTTP API asks the policy first).
+    With a ``user``, the policy's ``can_run(user, channel, agent)`` is asked as well
+    (:class:`AgentForbidden` when it refuses).
+
+    Quotas (:class:`QuotaExceeded`, with ``code``): a ``user`` may have at most
+    ``MAX_ACTIVE_RUNS_PER_USER`` active runs, and a channel at most
+    ``MAX_QUEUED_RUNS_PER_CHANNEL`` runs queued behind its active one, whoever starts them.
     """
     validate_name(channel)
     get_agent(agent)
@@ -56,7 +69,13 @@ def start_run(
     if time_limit is not None and (not isinstance(time_limit, int) or time_limit <= 0):
         raise RunError("time_limit must be a positive number of seconds.")
     owner_id = getattr(user, "pk", None)
+    policy_object = get_access_policy()
+    if owner_id is not None and not policy_object.can_run(user, channel, agent):
+        raise AgentForbidden(f"You may not run {agent!r} on this channel.")
+    config = get_config()
     with transaction.atomic():
+        if owner_id is not None and config["MAX_ACTIVE_RUNS_PER_USER"] is not None:
+            _check_user_quota(owner_id, config["MAX_ACTIVE_RUNS_PER_USER"])
         Channel.objects.bulk_create(
             [Channel(name=channel, owner_id=owner_id)], ignore_conflicts=True
         )
@@ -69,7 +88,7 @@ def start_run(
             owner_id is not None
             and row.owner_id is not None
             and row.owner_id != owner_id
-            and not get_access_policy().can_send(user, channel)
+            and not policy_object.can_send(user, channel)
         ):
             raise RunForbidden("You may not send to this channel.")
         active = list(Run.objects.active().filter(channel=row).order_by("created_at"))
@@ -77,6 +96,15 @@ def start_run(
             raise RunConflict(
                 f"Run {active[0].pk} is still {active[0].status} on this channel.", active[0].pk
             )
+        queue_limit = config["MAX_QUEUED_RUNS_PER_CHANNEL"]
+        if policy == "enqueue" and queue_limit is not None:
+            # Exact: counted under the channel lock that every start takes.
+            queued = sum(1 for run in active if run.status == RunStatus.QUEUED)
+            if queued >= queue_limit:
+                raise QuotaExceeded(
+                    f"{queued} runs already wait on this channel (at most {queue_limit}).",
+                    "too_many_queued",
+                )
         run = Run.objects.create(
             channel=row,
             agent=agent,
@@ -84,7 +112,7 @@ def start_run(
             created_by=user if owner_id is not None else None,
             time_limit=time_limit,
         )
-        queued = append(
+        queued_event = append(
             channel,
             [
                 EventDraft(
@@ -102,7 +130,7 @@ def start_run(
                 )
             ],
         )[0]
-        Run.objects.filter(pk=run.pk).update(control_seq=queued.seq)
+        Run.objects.filter(pk=run.pk).update(control_seq=queued_event.seq)
         if policy == "interrupt":
             for other in active:
                 _supersede(other, channel, run)
@@ -112,6 +140,21 @@ def start_run(
         # queued, not whatever state a fast worker has already moved it to.
         run.refresh_from_db()
     return run
+
+
+def _check_user_quota(user_id: Any, limit: int) -> None:
+    """Refuse a start past the user's active-run quota.
+
+    The user's row is locked first, so a user's concurrent starts (on any channels) are
+    counted one after the other and cannot all slip under the limit together.
+    """
+    list(get_user_model()._default_manager.select_for_update().filter(pk=user_id).values("pk"))
+    active = Run.objects.active().filter(created_by_id=user_id).count()
+    if active >= limit:
+        raise QuotaExceeded(
+            f"You have {active} active runs (at most {limit}); wait for one to finish.",
+            "too_many_runs",
+        )
 
 
 def _supersede(other: Run, channel: str, by: Run) -> None:

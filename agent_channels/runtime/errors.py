@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AgentForbidden",
     "Cancelled",
     "Interrupted",
     "NonDeterministicReplay",
+    "QuotaExceeded",
     "RunConflict",
     "RunError",
     "RunForbidden",
@@ -36,6 +38,22 @@ class RunConflict(RunError):
 
 class RunForbidden(RunError, PermissionError):
     """The channel exists, and the access policy does not let the starting user send to it."""
+
+
+class AgentForbidden(RunForbidden):
+    """The access policy's ``can_run`` does not let the starting user run this agent here."""
+
+
+class QuotaExceeded(RunError):
+    """A quota refused the run; ``code`` says which (the HTTP API answers 429 with it).
+
+    ``"too_many_runs"``: the user has ``MAX_ACTIVE_RUNS_PER_USER`` active runs.
+    ``"too_many_queued"``: the channel has ``MAX_QUEUED_RUNS_PER_CHANNEL`` queued runs.
+    """
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class NonDeterministicReplay(RunError):

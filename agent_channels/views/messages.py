@@ -14,6 +14,7 @@ from agent_channels.channel.control import send_control
 from agent_channels.channel.names import InvalidChannelName, validate_name
 from agent_channels.conf import get_config
 from agent_channels.views.http import check_send, error
+from agent_channels.views.throttle import throttle
 from agent_channels.ws.frames import FrameError, parse_client_frame
 
 __all__ = ["post_message"]
@@ -26,7 +27,7 @@ def post_message(request: HttpRequest, channel: str) -> JsonResponse:
         name = validate_name(channel)
     except InvalidChannelName as exc:
         return error(400, "invalid_channel", str(exc))
-    denied = check_send(request, name)
+    denied = throttle(request, "messages") or check_send(request, name)
     if denied is not None:
         return denied
     config = get_config()

@@ -14,12 +14,21 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
+from agent_channels.access import get_access_policy
 from agent_channels.channel.names import InvalidChannelName, validate_name
 from agent_channels.models import Run
 from agent_channels.runtime.api import POLICIES, start_run
-from agent_channels.runtime.errors import RunConflict, RunError, RunForbidden, UnknownAgent
+from agent_channels.runtime.errors import (
+    AgentForbidden,
+    QuotaExceeded,
+    RunConflict,
+    RunError,
+    RunForbidden,
+    UnknownAgent,
+)
 from agent_channels.runtime.lifecycle import queue_position
 from agent_channels.views.http import check_read, check_send, error, json_body
+from agent_channels.views.throttle import throttle
 from agent_channels.ws.frames import FrameError
 
 __all__ = ["create_run", "run_detail", "run_json"]
@@ -50,7 +59,8 @@ def create_run(request: HttpRequest, channel: str) -> JsonResponse:
         name = validate_name(channel)
     except InvalidChannelName as exc:
         return error(400, "invalid_channel", str(exc))
-    denied = check_send(request, name, create=True)
+    # Before the access check, so a throttled answer says nothing about the name either.
+    denied = throttle(request, "runs") or check_send(request, name, create=True)
     if denied is not None:
         return denied
     try:
@@ -64,10 +74,18 @@ def create_run(request: HttpRequest, channel: str) -> JsonResponse:
     if on_active is not None and on_active not in POLICIES:
         return error(400, "invalid_body", f"'on_active' must be one of {', '.join(POLICIES)}.")
     user = request.user if request.user.is_authenticated else None
+    if user is None and not get_access_policy().can_run(request.user, name, agent):
+        # start_run asks can_run itself when it is given a user; anonymous users (under a
+        # policy that lets them send) are asked here.
+        return _agent_forbidden(agent)
     try:
         run = start_run(name, agent, body.get("input"), user=user, on_active=on_active)
     except UnknownAgent as exc:
         return error(400, "unknown_agent", str(exc))
+    except AgentForbidden:
+        return _agent_forbidden(agent)
+    except QuotaExceeded as exc:
+        return error(429, exc.code, str(exc))
     except RunForbidden:
         # The same answer as check_send's: nothing tells an existing channel from a refused name.
         return error(403, "forbidden", "You may not send to this channel.")
@@ -76,6 +94,10 @@ def create_run(request: HttpRequest, channel: str) -> JsonResponse:
     except RunError as exc:
         return error(400, "invalid_run", str(exc))
     return JsonResponse({"id": str(run.pk), "status": run.status}, status=201)
+
+
+def _agent_forbidden(agent: str) -> JsonResponse:
+    return error(403, "agent_forbidden", f"You may not run the agent {agent!r} here.")
 
 
 @require_GET

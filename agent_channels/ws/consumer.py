@@ -32,6 +32,7 @@ from agent_channels.ws.frames import CONTROL_TYPES, FrameError, parse_client_fra
 from agent_channels.ws.origins import origin_allowed
 from agent_channels.ws.pump import Head, HistoryPruned, Pump, dumps, read_head
 from agent_channels.ws.ratelimit import TokenBucket
+from agent_channels.ws.sockets import SocketSlots
 
 __all__ = ["ChannelConsumer"]
 
@@ -56,6 +57,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.presence_task: asyncio.Task[None] | None = None
         self.recheck_task: asyncio.Task[None] | None = None
         self.revoked = False
+        self.slots = SocketSlots()
 
     async def connect(self) -> None:
         register_server_loop(asyncio.get_running_loop())
@@ -100,6 +102,14 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 )
             return await self._deny(
                 close_codes.FORBIDDEN, "forbidden", "You may not follow this channel."
+            )
+        # After the access check, so only channels the user may read are counted (and a
+        # refused name answers the same however many sockets the user holds).
+        if not self.slots.take(self.user, self.config["MAX_SOCKETS_PER_USER"]):
+            return await self._deny(
+                close_codes.TOO_MANY,
+                "too_many_sockets",
+                "You have too many connections open; close some (other tabs) and reconnect.",
             )
 
         # Join before reading the head: whatever commits after the read arrives live.
@@ -286,9 +296,11 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         finally:
             # The server may cancel the instance without a disconnect (shutdown, timeouts).
             self._stop_pump()
+            self.slots.give_back()
 
     async def disconnect(self, code: int) -> None:
         self._stop_pump()
+        self.slots.give_back()
         if self.group is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 

@@ -6,8 +6,10 @@ import ast
 import datetime as dt
 import math
 import operator
+import os
 from typing import Any
 
+from agent_channels.conf import get_config
 from agent_channels.runtime import Interrupted, RunContext, agent, tool
 
 _OPERATORS: dict[type, Any] = {
@@ -96,6 +98,25 @@ def demo(ctx: RunContext, input: Any) -> dict[str, Any]:
     return {"tokens": tokens, "chars": len(message.text)}
 
 
+#: Models a client may pick with ``{"model": ...}`` (comma-separated ``DEMO_CHAT_MODELS``);
+#: anything else gets the configured model (``OPENAI_MODEL``). The client pays nothing:
+#: the server's API key does, so the client must not choose the most expensive model.
+ALLOWED_MODELS = frozenset(
+    name.strip() for name in os.environ.get("DEMO_CHAT_MODELS", "").split(",") if name.strip()
+)
+#: Tokens one answer may take (``DEMO_CHAT_MAX_TOKENS``), whatever the client asks.
+MAX_TOKENS = int(os.environ.get("DEMO_CHAT_MAX_TOKENS", "1024"))
+
+
+def chat_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The model parameters of one chat call: an allowed model or the default, capped tokens."""
+    model = options.get("model")
+    # The Responses API names the cap differently from Chat Completions.
+    cap = "max_output_tokens" if get_config()["OPENAI_API"] == "responses" else "max_tokens"
+    allowed = isinstance(model, str) and model in ALLOWED_MODELS
+    return {"model": model if allowed else None, cap: MAX_TOKENS}
+
+
 @agent("chat")
 def chat(ctx: RunContext, input: Any) -> dict[str, Any]:
     """An OpenAI chat agent with a calculator and the current time.
@@ -110,7 +131,7 @@ def chat(ctx: RunContext, input: Any) -> dict[str, Any]:
     ]
     for _turn in range(5):
         try:
-            result = ctx.chat(messages, tools=[calculator, current_time], model=options.get("model"))
+            result = ctx.chat(messages, tools=[calculator, current_time], **chat_options(options))
             return {"text": result.text}
         except Interrupted as exc:
             messages = list(exc.messages or messages)

@@ -7,7 +7,6 @@ writes to the database on GET.
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from django.contrib import messages
@@ -18,7 +17,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
-from agent_channels.access import get_access_policy
+from agent_channels.access import get_access_policy, new_channel_name
 from agent_channels.channel.names import InvalidChannelName, validate_name
 from agent_channels.models import Channel, Run
 from agent_channels.runtime import start_run
@@ -37,7 +36,7 @@ def _channels_for(user: Any) -> QuerySet[Channel]:
     if not user.is_authenticated:
         return Channel.objects.none()
     channels = Channel.objects.all()
-    if not user.is_staff:
+    if not user.has_perm("agent_channels.view_all_channels"):
         channels = channels.filter(owner=user)
     latest = Run.objects.filter(channel=OuterRef("pk")).order_by("-created_at")
     return channels.annotate(
@@ -53,8 +52,9 @@ def index(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def new_channel(request: HttpRequest) -> HttpResponse:
-    # Only a name: the channel exists once its first run starts.
-    return redirect("channel", channel=f"demo-{uuid.uuid4().hex[:8]}")
+    # Only a name, and one nobody else can guess or claim (it is in the user's namespace):
+    # the channel exists once its first run starts. GET creates nothing.
+    return redirect("channel", channel=new_channel_name(request.user, "demo-"))
 
 
 def _agents() -> list[dict[str, str]]:
@@ -77,10 +77,10 @@ def channel_page(request: HttpRequest, channel: str) -> HttpResponse:
         return HttpResponse(str(exc), status=400, content_type="text/plain")
     policy = get_access_policy()
     exists = Channel.objects.filter(name=name).exists()
-    if exists and not policy.can_read(request.user, name):
-        return HttpResponse("You may not follow this channel.", status=403,
-                            content_type="text/plain")
-    if not exists and not policy.can_create(request.user, name):
+    if not (policy.can_read(request.user, name) if exists
+            else policy.can_create(request.user, name)):
+        # One answer for another user's channel and a name the user may not create, so the
+        # page tells nobody which names exist.
         return HttpResponse("No such channel.", status=404, content_type="text/plain")
     can_start = policy.can_send(request.user, name) or not exists
     return render(request, "demo/channel.html", {
@@ -115,7 +115,7 @@ def start(request: HttpRequest, channel: str) -> HttpResponse:
         not exists and policy.can_create(request.user, name)
     )
     if not allowed:
-        return HttpResponse("You may not start runs here.", status=403, content_type="text/plain")
+        return HttpResponse("No such channel.", status=404, content_type="text/plain")
     agent = request.POST.get("agent", "")
     try:
         start_run(name, agent, _parse_input(request.POST.get("input", "")), user=request.user,

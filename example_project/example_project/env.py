@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
 
 
 def database_from_url(
@@ -75,6 +78,31 @@ def channel_layers(redis_url: str | None) -> dict[str, Any]:
         }
     return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer",
                         "CONFIG": {"capacity": 1000}}}
+
+
+#: The example's public development key: anyone can read it here, so it is accepted only
+#: with DEBUG on (``python3 dev.py serve`` or ``DJANGO_DEBUG=1``).
+PUBLIC_SECRET_KEY = "example-project-insecure-key"
+
+
+def debug_and_secret_key(environ: Mapping[str, str]) -> tuple[bool, str]:
+    """``(DEBUG, SECRET_KEY)`` from ``DJANGO_DEBUG`` and ``DJANGO_SECRET_KEY``.
+
+    DEBUG is off unless ``DJANGO_DEBUG=1`` (``dev.py serve`` sets it). With DEBUG off the
+    secret key must come from the environment and must not be the public one: the project
+    refuses to start otherwise, rather than sign sessions with a key everyone knows.
+    """
+    debug = environ.get("DJANGO_DEBUG", "0") == "1"
+    key = environ.get("DJANGO_SECRET_KEY", "")
+    if debug:
+        return True, key or PUBLIC_SECRET_KEY
+    if not key or key == PUBLIC_SECRET_KEY:
+        raise ImproperlyConfigured(
+            "Set DJANGO_SECRET_KEY to a secret value (python -c \"from django.core.management"
+            ".utils import get_random_secret_key as k; print(k())\"), or DJANGO_DEBUG=1 on "
+            "your own machine: with DEBUG off the example project refuses its public key."
+        )
+    return False, key
 
 
 def env_list(name: str, default: str) -> list[str]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from example_project.env import channel_layers, database_from_url, env_list
+from example_project.env import channel_layers, database_from_url, debug_and_secret_key, env_list
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-project-insecure-key")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+# DEBUG only with DJANGO_DEBUG=1 (dev.py serve sets it); without it, a real secret key.
+DEBUG, SECRET_KEY = debug_and_secret_key(os.environ)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 
 INSTALLED_APPS = [

@@ -6,6 +6,8 @@ import { HttpAgent } from "@ag-ui/client"
 const base = process.env.AGUI_URL
 const headers = { Cookie: process.env.AGUI_COOKIE, "X-CSRFToken": process.env.AGUI_CSRF }
 const suffix = process.env.AGUI_THREAD_SUFFIX
+// Thread ids are channel names: a plain user's must be in their namespace ("user:<pk>/").
+const prefix = process.env.AGUI_THREAD_PREFIX ?? ""
 
 function recorder() {
   const seen = []
@@ -18,7 +20,7 @@ const out = {}
 const chat = new HttpAgent({
   url: `${base}chat/`,
   headers,
-  threadId: `node-chat-${suffix}`,
+  threadId: `${prefix}node-chat-${suffix}`,
   initialMessages: [{ id: "u1", role: "user", content: "please calculate 6*7" }],
 })
 const chatEvents = recorder()
@@ -34,7 +36,7 @@ out.chat = {
 const approval = new HttpAgent({
   url: `${base}approval/`,
   headers,
-  threadId: `node-approval-${suffix}`,
+  threadId: `${prefix}node-approval-${suffix}`,
   initialMessages: [{ id: "u1", role: "user", content: "go" }],
 })
 const first = recorder()
