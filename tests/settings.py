@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from example_project.env import channel_layers, database_from_url
+from example_project.env import channel_layers, database_from_url, redis_sentinels
 
 SECRET_KEY = "tests-insecure-key"
 DEBUG = False
@@ -81,7 +81,13 @@ else:
 if os.environ.get("AGCH_DB_NAME"):
     DATABASES["default"]["NAME"] = os.environ["AGCH_DB_NAME"]
 
-CHANNEL_LAYERS = channel_layers(REDIS_URL if LAYER_KIND == "redis" else None)
+# The Sentinel test's processes: the layer asks these sentinels for the Redis primary.
+REDIS_SENTINELS = redis_sentinels(os.environ.get("AGCH_REDIS_SENTINELS"))
+CHANNEL_LAYERS = channel_layers(
+    REDIS_URL if LAYER_KIND == "redis" else None,
+    REDIS_SENTINELS if LAYER_KIND == "redis" else None,
+    os.environ.get("AGCH_REDIS_MASTER", "mymaster"),
+)
 if LAYER_KIND == "redis":
     CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"agch-test-{RUN_ID}"
     if os.environ.get("AGCH_LAYER_CAPACITY"):

@@ -22,8 +22,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 import websockets
@@ -32,7 +30,7 @@ from django.test import Client
 
 from agent_channels.models import Channel, Event, Run
 
-from .helpers import wait_for
+from .helpers import Seen, wait_for
 from .procs import CeleryWorker, Daphne, Nginx
 
 _NO_NGINX = shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx")
@@ -53,32 +51,6 @@ RUN_INPUT = {"tokens": 160, "interval_ms": 25}
 WS_CLIENTS = 4
 #: A hard bound on the whole test, whatever goes wrong.
 DEADLINE_SECONDS = 90
-
-
-@dataclass
-class Seen:
-    """What one client received, and what was wrong with it."""
-
-    kind: str
-    seqs: list[int] = field(default_factory=list)
-    frames: dict[int, tuple[str, Any]] = field(default_factory=dict)
-    duplicates: int = 0
-    gaps: int = 0
-    connects: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def last(self) -> int:
-        return self.seqs[-1] if self.seqs else 0
-
-    def add(self, seq: int, name: str, data: Any) -> None:
-        if seq <= self.last:
-            self.duplicates += 1
-            return
-        if seq != self.last + 1:
-            self.gaps += 1
-        self.seqs.append(seq)
-        self.frames[seq] = (name, data)
 
 
 class Front:
