@@ -4,10 +4,10 @@
     .venv/bin/python benchmarks/run_all.py --quick    # fewer rounds and events, ~4 min
 
 Runs ``bench_wire.py`` (live delivery and catch-up through daphne), ``bench_log.py``
-(persistence on SQLite and PostgreSQL), ``bench_control.py`` (interrupt → agent) and
-``bench_eventstream.py`` (producers against django-eventstream, when it is installed) as
-they are, each with ``AGCH_BENCH_JSON`` set so that they append their figures as JSON
-lines; then prints a summary table of the ratios and writes
+(persistence on SQLite and PostgreSQL), ``bench_control.py`` (interrupt → agent),
+``bench_eventstream.py`` (producers against django-eventstream, when it is installed) and
+``bench_redis_cost.py`` (Redis CPU per live event) as they are, each with
+``AGCH_BENCH_JSON`` set so that they append their figures as JSON lines; then prints a summary table of the ratios and writes
 ``docs/_static/benchmarks.json`` and ``docs/_static/perf_*.png`` (matplotlib, Agg
 backend). Every figure is a ratio against a baseline measured in the same run; the
 machine, the load average and the date go into the JSON and the plot titles.
@@ -40,6 +40,8 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "control": ([], ["--count", "20"]),
     # Skips (and says so) when django-eventstream is not installed.
     "eventstream": ([], ["--rounds", "2", "--n", "150"]),
+    # Redis CPU per live event (core and pub/sub layers): the capacity plan's Redis figure.
+    "redis_cost": ([], ["--rounds", "2", "--n", "300"]),
 }
 
 
@@ -136,6 +138,10 @@ def summary(results: list[dict[str, Any]]) -> list[list[str]]:
         out.append([f"[postgres] {r['threads']} producer(s), one channel, equal durability",
                     f"publish() {f(r['publish_eps'])} ev/s",
                     f"django-eventstream send_event() {f(r['send_event_eps'])} ev/s", f(r["ratio"])])
+    for r in rows_of(results, "redis_cost"):
+        out.append([f"Redis CPU per live event, {r['layer']} layer, {r['members']} watcher(s)",
+                    f"{f(r['us_per_event'])} µs", f"SET {f(r['baseline_set_us'])} µs",
+                    f(r["ratio"])])
     control = {r["path"]: r for r in rows_of(results, "control")}
     for path, r in control.items():
         out.append([f"control: {path}", f"p50 {f(r['p50_ms'])} ms", "runtime p50", f(r["ratio"])])
