@@ -141,7 +141,7 @@ def main() -> None:
                         cost, _ = measure(client, lambda: set_leg(url, args.n), args.n)
                     else:
                         cost, got = measure(
-                            client, lambda leg=leg: layer_leg(leg, url, members, args.n), args.n
+                            client, lambda leg=leg, m=members: layer_leg(leg, url, m, args.n), args.n
                         )
                         lost[leg] += members * args.n - got
                     samples[leg].append(cost)
