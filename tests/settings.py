@@ -103,6 +103,7 @@ AGENT_CHANNELS = {
         "fail": "tests.agents.fail",
         "bad_output": "tests.agents.bad_output",
         "chatty": "tests.agents.chatty",
+        "turns": "tests.agents.turns",
         "unstorable_tool": "tests.agents.unstorable_tool",
         "listener": "tests.agents.listener",
         "steps": "tests.agents.steps",
