@@ -92,6 +92,8 @@ if LAYER_KIND == "redis":
     CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"agch-test-{RUN_ID}"
     if os.environ.get("AGCH_LAYER_CAPACITY"):
         CHANNEL_LAYERS["default"]["CONFIG"]["capacity"] = int(os.environ["AGCH_LAYER_CAPACITY"])
+    if os.environ.get("AGCH_GROUP_EXPIRY"):
+        CHANNEL_LAYERS["default"]["CONFIG"]["group_expiry"] = int(os.environ["AGCH_GROUP_EXPIRY"])
 
 AGENT_CHANNELS = {
     "EXPECTED_EVENT_RATE": 100,
