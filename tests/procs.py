@@ -175,7 +175,8 @@ class Nginx:
             f"{user}daemon off;\nworker_processes 1;\npid {self.dir}/nginx.pid;\n"
             f"error_log {self.dir}/error.log info;\nevents {{ worker_connections 512; }}\n"
             "http {\n"
-            "    log_format upstreams '$request_method $request_uri $status $upstream_addr';\n"
+            "    log_format upstreams '$request_method $request_uri $status "
+            "$http_last_event_id $upstream_addr';\n"
             f"    access_log {self.dir}/access.log upstreams;\n{temp}\n"
             f"    include {self.dir}/site.conf;\n}}\n"
         )
@@ -191,7 +192,8 @@ class Nginx:
             raise
 
     def access_log(self) -> list[list[str]]:
-        """``[method, uri, status, upstream address(es)...]`` per request logged so far."""
+        """``[method, uri, status, Last-Event-ID or "-", upstream address(es)...]`` per
+        request logged so far (a request is logged when it ends)."""
         path = self.dir / "access.log"
         if not path.exists():
             return []

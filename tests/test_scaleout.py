@@ -1,7 +1,7 @@
 """Scale-out, tested: two daphne behind nginx, two Celery workers, Redis and PostgreSQL.
 
 nginx runs the configuration shipped in ``example_project/deploy/nginx.conf`` (round robin,
-no stickiness) as a child of the test. WebSocket clients and an SSE client follow a channel
+no stickiness) as a child of the test. WebSocket clients and SSE clients follow a channel
 through nginx while a run started through nginx streams; one daphne is SIGKILLed
 mid-stream. The clients reconnect through nginx, which sends them to the other daphne, and
 resume with ``?since=`` / ``Last-Event-ID``: each must see every event exactly once, in
@@ -49,6 +49,8 @@ TERMINAL = {"completed", "failed", "cancelled", "interrupted"}
 #: About 4 s of tokens: long enough to kill a daphne in the middle.
 RUN_INPUT = {"tokens": 160, "interval_ms": 25}
 WS_CLIENTS = 4
+#: Connected one after the other, so nginx's round robin puts one on each daphne.
+SSE_CLIENTS = 2
 #: A hard bound on the whole test, whatever goes wrong.
 DEADLINE_SECONDS = 90
 
@@ -168,7 +170,7 @@ def test_clients_behind_nginx_survive_a_daphne_killed_mid_stream(session_cookie:
     front = Front(f"scaleout-{uuid.uuid4().hex[:8]}")
     assert front.nginx is not None
     clients = [Seen("ws") for _ in range(WS_CLIENTS)]
-    sse = Seen("sse")
+    sses = [Seen("sse") for _ in range(SSE_CLIENTS)]
     done = threading.Event()
     loop_errors: list[BaseException] = []
 
@@ -180,21 +182,25 @@ def test_clients_behind_nginx_survive_a_daphne_killed_mid_stream(session_cookie:
         except BaseException as exc:  # surfaced by the assertions below
             loop_errors.append(exc)
 
-    threads = [threading.Thread(target=run_ws_clients, daemon=True),
-               threading.Thread(target=follow_sse, args=(sse, front, session_cookie, channel, done),
-                                daemon=True)]
+    threads = [threading.Thread(target=run_ws_clients, daemon=True)] + [
+        threading.Thread(target=follow_sse, args=(sse, front, session_cookie, channel, done),
+                         daemon=True) for sse in sses]
+    everyone = [*clients, *sses]
     try:
         first = start_run(front, session_cookie, channel)
-        for thread in threads:
+        threads[0].start()
+        wait_for(lambda: all(s.last for s in clients), timeout=30)
+        for thread, sse in zip(threads[1:], sses, strict=True):
             thread.start()
+            wait_for(lambda sse=sse: sse.last, timeout=30)
         # Mid-stream: every client has some of the run, and the run has more to send.
-        wait_for(lambda: all(s.last >= 20 for s in [*clients, sse]), timeout=30)
+        wait_for(lambda: all(s.last >= 20 for s in everyone), timeout=30)
         assert Run.objects.get(pk=first).status == "running"
         victim, survivor = front.daphnes
         victim.proc.kill()
         victim.proc.wait(10)
         killed_at = time.monotonic()
-        at_kill = {id(s): s.connects for s in [*clients, sse]}
+        at_kill = {id(s): s.connects for s in everyone}
 
         run = wait_for(lambda: Run.objects.filter(pk=first, status__in=TERMINAL).first(), timeout=30)
         assert run.status == "completed", (run.status, run.error)
@@ -204,7 +210,7 @@ def test_clients_behind_nginx_survive_a_daphne_killed_mid_stream(session_cookie:
         assert run.status == "completed", (run.status, run.error)
         last_seq = Channel.objects.get(name=channel).last_seq
         remaining = DEADLINE_SECONDS - (time.monotonic() - started_at)
-        wait_for(lambda: all(s.last >= last_seq for s in [*clients, sse]), timeout=max(remaining, 5))
+        wait_for(lambda: all(s.last >= last_seq for s in everyone), timeout=max(remaining, 5))
     finally:
         done.set()
         for thread in threads:
@@ -212,23 +218,26 @@ def test_clients_behind_nginx_survive_a_daphne_killed_mid_stream(session_cookie:
         access = front.nginx.access_log()
         front.stop()
 
-    reconnected = [s for s in [*clients, sse] if s.connects > at_kill[id(s)]]
+    reconnected = [s for s in everyone if s.connects > at_kill[id(s)]]
     victim_addr, survivor_addr = (f"127.0.0.1:{d.port}" for d in (victim, survivor))
     ws_resumes = [row for row in access if row[1].startswith("/ws/") and "since=0" not in row[1]]
+    sse_resumes = [row for row in access if "/events/" in row[1] and row[3] != "-"]
     print(
-        f"\nscale-out: {len(clients)} WebSocket + 1 SSE clients through nginx; daphne SIGKILLed "
-        f"mid-stream; {len(reconnected)} clients reconnected ({sum(s.connects for s in clients)} "
-        f"WebSocket connects, {sse.connects} SSE); {last_seq} events checked per client; "
+        f"\nscale-out: {len(clients)} WebSocket + {len(sses)} SSE clients through nginx; daphne "
+        f"SIGKILLed mid-stream; {len(reconnected)} clients reconnected "
+        f"({sum(s.connects for s in clients)} WebSocket connects, "
+        f"{sum(s.connects for s in sses)} SSE); {last_seq} events checked per client; "
         f"{time.monotonic() - killed_at:.1f} s from the kill to the end"
     )
     assert not loop_errors, loop_errors
     # Round robin put clients on both daphne: the kill cut some of them.
-    assert reconnected, "the kill cut no client: nothing was proved"
+    assert {s.kind for s in reconnected} == {"ws", "sse"}, "the kill must cut both kinds of client"
     # Every resume went to the surviving daphne (a first try at the dead one is skipped).
     assert ws_resumes and all(row[-1] == survivor_addr for row in ws_resumes), (ws_resumes, victim_addr)
+    assert sse_resumes and all(row[-1] == survivor_addr for row in sse_resumes), (sse_resumes, victim_addr)
     log = {seq: (name, data) for seq, name, data in
            Event.objects.filter(channel__name=channel).values_list("seq", "name", "data")}
-    for seen in [*clients, sse]:
+    for seen in everyone:
         assert not seen.errors, (seen.kind, seen.errors)
         assert seen.duplicates == 0 and seen.gaps == 0, (seen.kind, seen.duplicates, seen.gaps)
         assert seen.seqs == list(range(1, last_seq + 1)), (seen.kind, seen.last, last_seq)
