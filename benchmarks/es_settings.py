@@ -7,3 +7,5 @@ INSTALLED_APPS = [*INSTALLED_APPS, "django_eventstream"]  # noqa: F405
 EVENTSTREAM_STORAGE_CLASS = "django_eventstream.storage.DjangoModelStorage"
 # Its multi-process fan-out: every send_event() is also a Redis PUBLISH.
 EVENTSTREAM_REDIS = {"host": "127.0.0.1", "port": 6379, "db": 8}
+# Its SSE view next to ours, for the reconnect comparison (daphne serves tests.asgi).
+ROOT_URLCONF = "es_urls"

@@ -4,10 +4,10 @@
     .venv/bin/python benchmarks/run_all.py --quick    # fewer rounds and events, ~4 min
 
 Runs ``bench_wire.py`` (live delivery and catch-up through daphne), ``bench_log.py``
-(persistence on SQLite and PostgreSQL), ``bench_control.py`` (interrupt → agent) and
-``bench_eventstream.py`` (producers against django-eventstream, when it is installed) as
-they are, each with ``AGCH_BENCH_JSON`` set so that they append their figures as JSON
-lines; then prints a summary table of the ratios and writes
+(persistence on SQLite and PostgreSQL), ``bench_control.py`` (interrupt → agent),
+``bench_eventstream.py`` (producers against django-eventstream, when it is installed) and
+``bench_redis_cost.py`` (Redis CPU per live event) as they are, each with
+``AGCH_BENCH_JSON`` set so that they append their figures as JSON lines; then prints a summary table of the ratios and writes
 ``docs/_static/benchmarks.json`` and ``docs/_static/perf_*.png`` (matplotlib, Agg
 backend). Every figure is a ratio against a baseline measured in the same run; the
 machine, the load average and the date go into the JSON and the plot titles.
@@ -40,6 +40,8 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "control": ([], ["--count", "20"]),
     # Skips (and says so) when django-eventstream is not installed.
     "eventstream": ([], ["--rounds", "2", "--n", "150"]),
+    # Redis CPU per live event (core and pub/sub layers): the capacity plan's Redis figure.
+    "redis_cost": ([], ["--rounds", "2", "--n", "300"]),
 }
 
 
@@ -136,21 +138,41 @@ def summary(results: list[dict[str, Any]]) -> list[list[str]]:
         out.append([f"[postgres] {r['threads']} producer(s), one channel, equal durability",
                     f"publish() {f(r['publish_eps'])} ev/s",
                     f"django-eventstream send_event() {f(r['send_event_eps'])} ev/s", f(r["ratio"])])
+    for r in rows_of(results, "eventstream.reconnect"):
+        out.append([f"client reconnecting every {r['every']} events at {r['rate']:g} ev/s: "
+                    f"{r['system']}",
+                    f"lost {r['lost']}, duplicated {r['duplicates']}, out of order {r['reordered']}",
+                    f"{r['events']:,} events, {r['reconnects']} reconnects",
+                    f"{r['duplicates'] / r['events']:.3f} dup/event"])
+    for r in rows_of(results, "redis_cost"):
+        out.append([f"Redis CPU per live event, {r['layer']} layer, {r['members']} watcher(s)",
+                    f"{f(r['us_per_event'])} µs", f"SET {f(r['baseline_set_us'])} µs",
+                    f(r["ratio"])])
     control = {r["path"]: r for r in rows_of(results, "control")}
     for path, r in control.items():
         out.append([f"control: {path}", f"p50 {f(r['p50_ms'])} ms", "runtime p50", f(r["ratio"])])
     return out
 
 
-def rst(info: dict[str, Any], rows: list[list[str]]) -> str:
+def when(results: list[dict[str, Any]]) -> str:
+    """Which script's figures were measured when (``--only`` keeps older ones)."""
+    dates: dict[str, str] = {}
+    for r in results:
+        dates.setdefault(r["section"].split(".")[0], r.get("measured", "an earlier run"))
+    by_date: dict[str, list[str]] = {}
+    for script, date in dates.items():
+        by_date.setdefault(date, []).append(script)
+    return "; ".join(f"{', '.join(scripts)}: {date}" for date, scripts in sorted(by_date.items()))
+
+
+def rst(info: dict[str, Any], rows: list[list[str]], results: list[dict[str, Any]]) -> str:
     """The summary as an RST fragment docs/performance.rst includes."""
     redis = info.get("redis", "").split(" sha=")[0].replace("Redis server v=", "Redis ")
     lines = [
         f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores), load average "
         f"{info['load_average'][0]:.1f} at the start (a shared machine), Python {info['python']}, "
         f"PostgreSQL {info.get('postgresql', '?').split(' ')[0]}, {redis}"
-        + (f"; only {', '.join(info.get('only', []))} ran then, the other figures are from "
-           f"the run of {info['merged_with_run_of']}"
+        + (f"; only {', '.join(info.get('only', []))} ran then ({when(results)})"
            if info.get("merged_with_run_of") else "")
         + ".",
         "",
@@ -284,6 +306,8 @@ def main() -> int:
             started = time.monotonic()
             codes = run_scripts(args.only, args.quick, jsonl)
             results = load(jsonl)
+        for r in results:
+            r.setdefault("measured", info["date"])
         previous = args.out / "benchmarks.json"
         if set(args.only) != set(SCRIPTS) and previous.exists():
             # --only re-runs some scripts: keep the other scripts' figures from the last run.
@@ -305,7 +329,7 @@ def main() -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
     (args.out / "benchmarks.json").write_text(
         json.dumps({"machine": info, "exit_codes": codes, "results": results}, indent=1) + "\n")
-    (args.out / "benchmarks.inc").write_text(rst(info, rows))
+    (args.out / "benchmarks.inc").write_text(rst(info, rows, results))
     for path in plot(results, info, args.out):
         print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     failed = [name for name, code in codes.items() if code]

@@ -33,6 +33,23 @@ def chatty(ctx: RunContext, input: Any) -> Any:
     return {"first": first.text, "second": second.text}
 
 
+def turns(ctx: RunContext, input: Any) -> Any:
+    """A chat of ``input["turns"]`` model calls, the first with a calculator tool call.
+
+    Every prompt names ``input["tag"]`` and its turn, so a test can tell which journaled
+    model step each request to the model server belongs to (tests/test_chaos_models.py).
+    """
+    from demo.agents import calculator
+
+    tag = input["tag"]
+    first = ctx.chat([{"role": "user", "content": f"{tag} turn 0: calculate 6*7"}],
+                     tools=[calculator])
+    answers = [first.text]
+    for k in range(1, int(input.get("turns", 3))):
+        answers.append(ctx.chat([{"role": "user", "content": f"{tag} turn {k}"}]).text)
+    return {"answers": answers}
+
+
 def unstorable_tool(ctx: RunContext, input: Any) -> Any:
     """A tool whose result no database stores (the test model always calls "calculator")."""
     from agent_channels.runtime import Tool

@@ -16,4 +16,14 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
+if os.environ.get("AGCH_REDIS_SENTINELS"):
+    # The Sentinel test: the broker is whatever Redis the sentinels call the primary.
+    from example_project.env import celery_sentinel_broker, redis_sentinels
+
+    url, options = celery_sentinel_broker(
+        redis_sentinels(os.environ["AGCH_REDIS_SENTINELS"]),
+        os.environ.get("AGCH_REDIS_MASTER", "mymaster"),
+        db=1,
+    )
+    app.conf.update(broker_url=url, broker_transport_options=options)
 app.autodiscover_tasks(["agent_channels"])

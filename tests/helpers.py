@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -34,3 +35,29 @@ def create_operator(user_model: Any, username: str, permissions: tuple[str, ...]
         content_type__app_label="agent_channels", codename__in=permissions))
     # A fresh instance: has_perm caches permissions on the object it was asked on.
     return user_model.objects.get(pk=user.pk)
+
+
+@dataclass
+class Seen:
+    """What one client received, and what was wrong with it."""
+
+    kind: str
+    seqs: list[int] = field(default_factory=list)
+    frames: dict[int, tuple[str, Any]] = field(default_factory=dict)
+    duplicates: int = 0
+    gaps: int = 0
+    connects: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def last(self) -> int:
+        return self.seqs[-1] if self.seqs else 0
+
+    def add(self, seq: int, name: str, data: Any) -> None:
+        if seq <= self.last:
+            self.duplicates += 1
+            return
+        if seq != self.last + 1:
+            self.gaps += 1
+        self.seqs.append(seq)
+        self.frames[seq] = (name, data)

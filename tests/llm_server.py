@@ -41,6 +41,7 @@ class _QuietServer(ThreadingHTTPServer):
 class LLMServer:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # time.time() of each request in ``requests``
         self.completed = 0
         self.disconnects: list[int] = []  # chunks sent before each client went away
         self.delay = 0.0
@@ -67,6 +68,7 @@ class LLMServer:
                     return
                 with server.lock:
                     server.requests.append(body)
+                    server.arrivals.append(time.time())
                 if not self.path.endswith("/chat/completions"):
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
@@ -85,6 +87,7 @@ class LLMServer:
         with self.lock:
             self.generation += 1
             self.requests.clear()
+            self.arrivals.clear()
             self.disconnects.clear()
             self.completed = 0
         self.delay = 0.0

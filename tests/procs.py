@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -136,3 +138,110 @@ class CeleryWorker:
                 self.proc.kill()
                 self.proc.wait(5)
         self.log.close()
+
+
+#: The nginx configuration shipped as an example, which :class:`Nginx` runs.
+NGINX_EXAMPLE = ROOT / "example_project" / "deploy" / "nginx.conf"
+#: What the example says that a test must change: two daphne addresses and the port.
+_NGINX_PLACEHOLDERS = ("127.0.0.1:8001", "127.0.0.1:8002", "listen 8080;")
+
+
+class Nginx:
+    """nginx as a child of the test: the shipped example config in front of ``upstreams``.
+
+    Everything it writes (pid, logs, temporary files) goes to a directory of its own; it
+    listens on a free loopback port. The access log names the daphne that served each
+    request (``$upstream_addr``), so a test can tell where a reconnect landed.
+    """
+
+    def __init__(self, upstreams: list[int]) -> None:
+        binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        if binary is None:
+            raise FileNotFoundError("nginx is not installed")
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="agch-nginx-"))
+        # Worker processes run as nobody when the test is root: let them into the directory.
+        self.dir.chmod(0o755)
+        site = NGINX_EXAMPLE.read_text()
+        first, second, listen = _NGINX_PLACEHOLDERS
+        assert len(upstreams) == 2 and all(site.count(p) == 1 for p in _NGINX_PLACEHOLDERS)
+        site = site.replace(first, f"127.0.0.1:{upstreams[0]}").replace(
+            second, f"127.0.0.1:{upstreams[1]}").replace(listen, f"listen 127.0.0.1:{self.port};")
+        (self.dir / "site.conf").write_text(site)
+        user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
+        temp = "\n".join(f"    {kind}_temp_path {self.dir}/{kind};"
+                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (self.dir / "nginx.conf").write_text(
+            f"{user}daemon off;\nworker_processes 1;\npid {self.dir}/nginx.pid;\n"
+            f"error_log {self.dir}/error.log info;\nevents {{ worker_connections 512; }}\n"
+            "http {\n"
+            "    log_format upstreams '$request_method $request_uri $status "
+            "$http_last_event_id $upstream_addr';\n"
+            f"    access_log {self.dir}/access.log upstreams;\n{temp}\n"
+            f"    include {self.dir}/site.conf;\n}}\n"
+        )
+        self.proc = subprocess.Popen(
+            [binary, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),
+             "-e", str(self.dir / "error.log")],
+            stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr.log", "wb"),  # noqa: SIM115
+        )
+        try:
+            wait_for_port(self.port, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def access_log(self) -> list[list[str]]:
+        """``[method, uri, status, Last-Event-ID or "-", upstream address(es)...]`` per
+        request logged so far (a request is logged when it ends)."""
+        path = self.dir / "access.log"
+        if not path.exists():
+            return []
+        return [line.replace(",", " ").split() for line in path.read_text().splitlines()]
+
+    def error_log(self) -> str:
+        path = self.dir / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # fast shutdown: open WebSockets need not finish
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port; no persistence."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = Path(f"/tmp/agch-chaos-redis-{os.getpid()}-{self.port}")
+        self.dir.mkdir(exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, self.proc)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from example_project.env import channel_layers, database_from_url
+from example_project.env import channel_layers, database_from_url, redis_sentinels
 
 SECRET_KEY = "tests-insecure-key"
 DEBUG = False
@@ -82,11 +82,19 @@ else:
 if os.environ.get("AGCH_DB_NAME"):
     DATABASES["default"]["NAME"] = os.environ["AGCH_DB_NAME"]
 
-CHANNEL_LAYERS = channel_layers(REDIS_URL if LAYER_KIND == "redis" else None)
+# The Sentinel test's processes: the layer asks these sentinels for the Redis primary.
+REDIS_SENTINELS = redis_sentinels(os.environ.get("AGCH_REDIS_SENTINELS"))
+CHANNEL_LAYERS = channel_layers(
+    REDIS_URL if LAYER_KIND == "redis" else None,
+    REDIS_SENTINELS if LAYER_KIND == "redis" else None,
+    os.environ.get("AGCH_REDIS_MASTER", "mymaster"),
+)
 if LAYER_KIND == "redis":
     CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"agch-test-{RUN_ID}"
     if os.environ.get("AGCH_LAYER_CAPACITY"):
         CHANNEL_LAYERS["default"]["CONFIG"]["capacity"] = int(os.environ["AGCH_LAYER_CAPACITY"])
+    if os.environ.get("AGCH_GROUP_EXPIRY"):
+        CHANNEL_LAYERS["default"]["CONFIG"]["group_expiry"] = int(os.environ["AGCH_GROUP_EXPIRY"])
 
 AGENT_CHANNELS = {
     "EXPECTED_EVENT_RATE": 100,
@@ -98,6 +106,7 @@ AGENT_CHANNELS = {
         "fail": "tests.agents.fail",
         "bad_output": "tests.agents.bad_output",
         "chatty": "tests.agents.chatty",
+        "turns": "tests.agents.turns",
         "unstorable_tool": "tests.agents.unstorable_tool",
         "listener": "tests.agents.listener",
         "steps": "tests.agents.steps",

@@ -24,14 +24,12 @@ import os
 import secrets
 import shutil
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,7 +40,7 @@ from django.test import Client
 
 from agent_channels.models import Channel, Event, Run
 
-from .procs import CeleryWorker, Daphne, free_port, wait_for_port
+from .procs import CeleryWorker, Daphne, RedisServer
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -61,39 +59,6 @@ TERMINAL = {"completed", "failed", "cancelled", "interrupted"}
 RUN_INPUT = {"tokens": 120, "interval_ms": 15}
 #: A hard bound on the whole test, whatever goes wrong.
 DEADLINE_SECONDS = 170
-
-
-class RedisServer:
-    """A redis-server of the test's own on a free loopback port; no persistence."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = Path(f"/tmp/agch-chaos-redis-{os.getpid()}-{self.port}")
-        self.dir.mkdir(exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
-        wait_for_port(self.port, self.proc)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class TcpProxy:

@@ -421,3 +421,8 @@ def test_e004_the_suite_and_example_layer_configs_pass():
 
     with override_settings(CHANNEL_LAYERS=channel_layers("redis://127.0.0.1:6379/0")):
         assert agch_checks.check_redis_timeouts() == []
+    # Through Sentinel (docs/deployment.rst, "Scale-out"): the same timeout on the primary.
+    sentinel = channel_layers(None, [("127.0.0.1", 26379)], "mymaster")
+    assert sentinel["default"]["CONFIG"]["hosts"][0]["socket_timeout"] == 30
+    with override_settings(CHANNEL_LAYERS=sentinel):
+        assert agch_checks.check_redis_timeouts() == []

@@ -4,8 +4,9 @@ A client frame is persisted as a ``client.*`` event and then sent to the channel
 control group on the channel layer. Each worker process listens on that group for the
 channels whose runs it is executing, with one layer channel and one long-lived event
 loop per process, and hands each message to the run's :class:`Inbox`. No database
-polling: the only read is one catch-up query when a run subscribes, for messages sent
-before the subscription existed.
+polling: the only reads are one catch-up query when a run subscribes, for messages sent
+before the subscription existed, and one after the layer failed (its memberships may be
+gone, and with them messages sent meanwhile).
 
 The in-memory layer cannot cross threads or processes, so with it (and always, for
 runs in the same process) messages are also delivered directly; inboxes drop a seq
@@ -15,15 +16,17 @@ they have already seen, so a message arriving both ways counts once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
+from django.db import connections
 
 from agent_channels.channel.control import CONTROL_MESSAGE, control_message
 from agent_channels.channel.names import control_group
@@ -160,6 +163,10 @@ def catch_up(inbox: Inbox, channel_id: int) -> None:
     events = Event.objects.filter(
         channel_id=channel_id, seq__gt=inbox.last_seq, name__in=CONTROL_EVENTS
     ).order_by("seq")
+    _deliver_events(inbox, events)
+
+
+def _deliver_events(inbox: Inbox, events: Iterable[Event]) -> None:
     for event in events:
         data = event.data if isinstance(event.data, dict) else {}
         inbox.deliver(
@@ -172,8 +179,31 @@ def catch_up(inbox: Inbox, channel_id: int) -> None:
         )
 
 
+def _catch_up_channels(channels: set[str]) -> None:
+    """:func:`catch_up` every inbox of ``channels`` in this process, after the layer may
+    have lost messages to them; runs in a thread of its own and gives its connection back."""
+    with _inboxes_lock:
+        inboxes = [inbox for name in channels for inbox in _inboxes.get(name, ())]
+    try:
+        for inbox in inboxes:
+            _deliver_events(
+                inbox,
+                Event.objects.filter(
+                    channel__name=inbox.channel, seq__gt=inbox.last_seq, name__in=CONTROL_EVENTS
+                ).order_by("seq"),
+            )
+    finally:
+        connections.close_all()
+
+
 class ControlListener:
-    """This process's subscription to the control groups of the runs it executes."""
+    """This process's subscription to the control groups of the runs it executes.
+
+    A membership lives in the layer, which can forget it: a Redis restarted empty, a
+    failover that lost the newest writes, ``group_expiry`` passing while a run lives on.
+    So the listener joins its groups again after any failed receive (and then reads the
+    control events it may have missed from the log), and every ``group_expiry / 2``.
+    """
 
     def __init__(self, alias: str) -> None:
         self.alias = alias
@@ -190,6 +220,10 @@ class ControlListener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._name: str | None = None
         self._receiver: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        #: Channels whose control group this process is in; touched on the loop only.
+        self._channels: set[str] = set()
+        self._lost: asyncio.Event | None = None
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = background_loop()
@@ -225,11 +259,16 @@ class ControlListener:
         assert self.layer is not None
         if self._name is None:
             self._name = await self.layer.new_channel("agent-channels-control.")
-            self._receiver = asyncio.get_running_loop().create_task(self._receive(self._name))
+            self._lost = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            self._receiver = loop.create_task(self._receive(self._name))
+            self._keeper = loop.create_task(self._keep_joined(self._name, self._lost))
         await self.layer.group_add(control_group(channel), self._name)
+        self._channels.add(channel)
 
     async def _unsubscribe(self, channel: str) -> None:
         assert self.layer is not None
+        self._channels.discard(channel)
         if self._name is not None:
             try:
                 await self.layer.group_discard(control_group(channel), self._name)
@@ -248,10 +287,42 @@ class ControlListener:
                 # loses nothing: the message waits in the layer for the next receive.
                 if "Timeout" not in type(exc).__name__:
                     logger.exception("agent_channels: control receive failed; retrying")
+                    if self._lost is not None:
+                        self._lost.set()  # the layer may have forgotten our groups
                     await asyncio.sleep(0.5)
                 continue
             if message.get("type") == CONTROL_MESSAGE:
                 deliver_local(message)
+
+    async def _keep_joined(self, name: str, lost: asyncio.Event) -> None:
+        """Join the control groups again after a failure, and before group_expiry."""
+        assert self.layer is not None
+        expiry = getattr(self.layer, "group_expiry", None)
+        refresh = max(1.0, float(expiry) / 2) if expiry else None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), refresh)
+            after_failure = lost.is_set()
+            channels = set(self._channels)
+            try:
+                for channel in channels:
+                    await self.layer.group_add(control_group(channel), name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("agent_channels: rejoining the control groups failed; retrying")
+                lost.set()
+                await asyncio.sleep(0.5)
+                continue
+            lost.clear()
+            if after_failure and channels:
+                # Messages sent while the membership was gone are only in the log.
+                try:
+                    await asyncio.to_thread(_catch_up_channels, channels)
+                except Exception:
+                    logger.exception("agent_channels: reading missed control events failed")
+                    lost.set()
+                    await asyncio.sleep(0.5)
 
 
 _listener: PerProcess[ControlListener] = PerProcess(

@@ -61,23 +61,62 @@ def sqlite_database(path: Path) -> dict[str, Any]:
     }
 
 
-def channel_layers(redis_url: str | None) -> dict[str, Any]:
-    """channels-redis when REDIS_URL is set, else the in-memory layer (one process only)."""
-    if redis_url:
-        return {
-            "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {
-                    # socket_timeout: redis-py 8 defaults to 5 s, channels-redis blocks for
-                    # 5 s per receive; equal timeouts kill idle sockets (check E004).
-                    "hosts": [{"address": redis_url, "socket_timeout": 30}],
-                    "capacity": 1000,
-                    "group_expiry": 86400,
-                },
-            }
+def redis_sentinels(value: str | None) -> list[tuple[str, int]]:
+    """``REDIS_SENTINELS="10.0.0.5:26379,10.0.0.6:26379"`` as ``[(host, port), ...]``."""
+    sentinels = []
+    for item in (value or "").split(","):
+        if item.strip():
+            host, _, port = item.strip().rpartition(":")
+            sentinels.append((host.strip("[]"), int(port)))
+    return sentinels
+
+
+def channel_layers(
+    redis_url: str | None,
+    sentinels: list[tuple[str, int]] | None = None,
+    master_name: str = "mymaster",
+    db: int = 0,
+) -> dict[str, Any]:
+    """channels-redis when REDIS_URL (or Sentinel) is set, else the in-memory layer (one
+    process only).
+
+    ``sentinels``: Redis Sentinel addresses; the layer then asks them for the current
+    primary of ``master_name`` (database ``db``) and follows a failover by itself.
+    """
+    if sentinels:
+        host: dict[str, Any] = {
+            "sentinels": sentinels,
+            "master_name": master_name,
+            "db": db,
+            # A dead sentinel must not hold a reconnect: ask the next one.
+            "sentinel_kwargs": {"socket_timeout": 2},
         }
-    return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer",
-                        "CONFIG": {"capacity": 1000}}}
+    elif redis_url:
+        host = {"address": redis_url}
+    else:
+        return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer",
+                            "CONFIG": {"capacity": 1000}}}
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # socket_timeout: redis-py 8 defaults to 5 s, channels-redis blocks for
+                # 5 s per receive; equal timeouts kill idle sockets (check E004).
+                "hosts": [{**host, "socket_timeout": 30}],
+                "capacity": 1000,
+                "group_expiry": 86400,
+            },
+        }
+    }
+
+
+def celery_sentinel_broker(
+    sentinels: list[tuple[str, int]], master_name: str = "mymaster", db: int = 0
+) -> tuple[str, dict[str, Any]]:
+    """Celery's ``broker_url`` and the ``broker_transport_options`` entries that reach the
+    Redis primary through Sentinel (kombu's ``sentinel://`` transport)."""
+    url = ";".join(f"sentinel://{host}:{port}/{db}" for host, port in sentinels)
+    return url, {"master_name": master_name, "sentinel_kwargs": {"socket_timeout": 2}}
 
 
 #: The example's public development key: anyone can read it here, so it is accepted only

@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from example_project.env import channel_layers, database_from_url, debug_and_secret_key, env_list
+from example_project.env import (
+    celery_sentinel_broker,
+    channel_layers,
+    database_from_url,
+    debug_and_secret_key,
+    env_list,
+    redis_sentinels,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -67,7 +74,11 @@ DATABASES = {
     )
 }
 REDIS_URL = os.environ.get("REDIS_URL") or None
-CHANNEL_LAYERS = channel_layers(REDIS_URL)
+# Redis behind Sentinel (docs/deployment.rst, "Scale-out"): REDIS_SENTINELS="h1:26379,h2:26379"
+# and REDIS_MASTER_NAME; the channel layer and the Celery broker then follow a failover.
+REDIS_SENTINELS = redis_sentinels(os.environ.get("REDIS_SENTINELS"))
+REDIS_MASTER_NAME = os.environ.get("REDIS_MASTER_NAME", "mymaster")
+CHANNEL_LAYERS = channel_layers(REDIS_URL, REDIS_SENTINELS, REDIS_MASTER_NAME)
 
 # Celery: the broker defaults to REDIS_URL; with neither set, runs execute in threads of
 # the web process (agent_channels' in-process backend picks itself when this is None).
@@ -79,7 +90,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # The Redis broker redelivers an unacknowledged message after this many seconds, even
 # if the run is still going. Duplicates are harmless (the run is claimed once), but the
 # time should exceed RUN_TIME_LIMIT; see docs/runtime.rst.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 2 * 3600}
+if REDIS_SENTINELS and not os.environ.get("CELERY_BROKER_URL"):
+    CELERY_BROKER_URL, _sentinel_options = celery_sentinel_broker(
+        REDIS_SENTINELS, REDIS_MASTER_NAME, db=1
+    )
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(_sentinel_options)
 
 AGENT_CHANNELS = {
     "EXPECTED_EVENT_RATE": 200,
