@@ -408,3 +408,37 @@ async def test_logging_out_closes_a_socket_opened_with_the_session(alice, settin
     await sync_to_async(client.logout)()
     assert (await recv(ws))["code"] == "access_revoked"
     assert (await ws.receive_output(5))["code"] == 4403
+
+
+async def test_batch_opt_in_replays_several_events_per_message_then_goes_live(staff, settings):
+    from channels.testing import WebsocketCommunicator
+
+    from agent_channels.ws.pump import BATCH_BYTES
+
+    from .wsclient import APP, ORIGIN, path_for
+
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "REPLAY_BATCH_SIZE": 400}
+    pad = "x" * 300  # about 220 frames per batch message
+    await sync_to_async(append)("batched", [EventDraft("tick", {"i": i, "pad": pad})
+                                            for i in range(1000)])
+    ws = WebsocketCommunicator(APP, path_for("batched", 0) + "&batch=1", headers=[ORIGIN])
+    ws.scope["user"] = staff
+    assert (await ws.connect())[0]
+    assert (await recv(ws))["type"] == "hello"
+    seqs, messages = [], 0
+    while len(seqs) < 1000:
+        text = await ws.receive_from(5)
+        frame = json.loads(text)
+        assert frame["type"] == "events"
+        assert len(text) < BATCH_BYTES + 1000
+        messages += 1
+        for event in frame["events"]:
+            assert event["type"] == "event" and event["data"]["i"] == event["seq"] - 1
+            seqs.append(event["seq"])
+    assert seqs == list(range(1, 1001))
+    assert 4 < messages < 20  # batched, and split at the size bound and the page bound
+    await apublish("batched", "tick", {"i": 1000})
+    live = await recv(ws)
+    assert live["type"] == "event" and live["seq"] == 1001  # live events come one by one
+    assert await ws.receive_nothing(0.2)
+    await ws.disconnect()

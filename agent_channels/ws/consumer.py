@@ -143,6 +143,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             self.config,
             self._send_text,
             find_transport(self.base_send),
+            batch=self._flag("batch"),
         )
         self.pump_task = asyncio.create_task(self._run_pump(self.pump))
         if wants_presence(self.scope):
@@ -154,9 +155,15 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if interval > 0:
             self.recheck_task = asyncio.create_task(self._recheck_every(interval))
 
+    def _query(self) -> dict[str, list[str]]:
+        return parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+
+    def _flag(self, name: str) -> bool:
+        """An opt-in query parameter: ``?batch=1``."""
+        return self._query().get(name, [""])[-1] in ("1", "true")
+
     def _since(self) -> int | None:
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        values = query.get("since")
+        values = self._query().get("since")
         if not values:
             return None
         value = values[-1]
