@@ -90,6 +90,9 @@ DEFAULTS: dict[str, Any] = {
     "REAP_EVERY_SECONDS": 2.0,
     # Starts a run gets (the first included) before a dead worker makes it fail instead.
     "MAX_ATTEMPTS": 3,
+    # A run's writes (events, journal, status) retry on a fresh connection for this long when
+    # the database connection is lost or the database is briefly away, instead of failing.
+    "DB_RETRY_SECONDS": 10.0,
     # The model for ctx.chat(); None means the OPENAI_MODEL environment variable, then gpt-4o-mini.
     "OPENAI_MODEL": None,
     # Passed to openai.OpenAI(); None leaves the SDK to read OPENAI_BASE_URL / OPENAI_API_KEY.

@@ -20,7 +20,7 @@ from django.db.models import F, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from agent_channels.channel.connections import release
+from agent_channels.channel.connections import release, retrying
 from agent_channels.channel.names import validate_name
 from agent_channels.channel.wire import get_wire
 from agent_channels.models import Channel, Event
@@ -132,13 +132,23 @@ def append(
     if not drafts:
         return []
     using = router.db_for_write(Event)
-    if connections[using].vendor == "postgresql":
-        events = _append_postgresql(channel, drafts, owner_id, using)
-    else:
+    # The events' created_at doubles as the write's identity: after a lost connection the
+    # retry first looks for it, so a write that committed before the break is not repeated.
+    now = timezone.now()
+    attempts = 0
+
+    def write() -> list[Event]:
+        nonlocal attempts
+        attempts += 1
+        if attempts > 1:
+            done = _already_appended(channel, drafts, now, using)
+            if done is not None:
+                return done
+        if connections[using].vendor == "postgresql":
+            return _append_postgresql(channel, drafts, owner_id, using, now)
         with transaction.atomic(using=using):
             channel_id, last_seq = _reserve(channel, len(drafts), owner_id, using)
             first_seq = last_seq - len(drafts) + 1
-            now = timezone.now()
             events = [
                 Event(
                     channel_id=channel_id,
@@ -151,6 +161,9 @@ def append(
                 for i, draft in enumerate(drafts)
             ]
             Event.objects.using(using).bulk_create(events)
+        return events
+
+    events = retrying(write, using=using)
     if notify:
         texts = [json.dumps(e.to_frame(), separators=(",", ":")) for e in events]
         transaction.on_commit(
@@ -161,8 +174,24 @@ def append(
     return events
 
 
+def _already_appended(
+    channel: str, drafts: Sequence[EventDraft], now: Any, using: str
+) -> list[Event] | None:
+    """The events of an earlier attempt of this write, if it committed."""
+    found = list(
+        Event.objects.using(using).filter(channel__name=channel, created_at=now).order_by("seq")
+    )
+    same = len(found) == len(drafts) and all(
+        event.name == draft.name
+        and str(event.run_id or "") == str(draft.run_id or "")
+        and event.data == json.loads(json.dumps(draft.data))
+        for event, draft in zip(found, drafts, strict=False)
+    )
+    return found if same else None
+
+
 def _append_postgresql(
-    channel: str, drafts: Sequence[EventDraft], owner_id: Any, using: str
+    channel: str, drafts: Sequence[EventDraft], owner_id: Any, using: str, now: Any
 ) -> list[Event]:
     """Reserve the seqs and insert the events in one statement.
 
@@ -173,7 +202,6 @@ def _append_postgresql(
     connection = connections[using]
     quote = connection.ops.quote_name
     channel_table, event_table = quote(Channel._meta.db_table), quote(Event._meta.db_table)
-    now = timezone.now()
     count = len(drafts)
     rows = ", ".join(["(%s, %s, %s::uuid, %s::jsonb)"] * count)
     sql = (

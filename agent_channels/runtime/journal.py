@@ -16,7 +16,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from agent_channels.channel.connections import release
+from agent_channels.channel.connections import release, retrying
 from agent_channels.models import Step, StepStatus
 from agent_channels.runtime.errors import NonDeterministicReplay
 
@@ -42,7 +42,7 @@ class Journal:
         self.attempt = attempt
         self._steps = {
             s.index: StepRecord(s.index, s.kind, s.name, s.status == StepStatus.COMPLETED, s.result)
-            for s in Step.objects.filter(run_id=run_id)
+            for s in retrying(lambda: list(Step.objects.filter(run_id=run_id)))
         }
         self._next = 0
 
@@ -82,7 +82,7 @@ class Journal:
 
     def start(self, record: StepRecord, state: Any = None) -> None:
         """Note that a step began (``state``: what a resumed step needs, e.g. a cursor)."""
-        self._save(record, StepStatus.STARTED, state)
+        retrying(lambda: self._save(record, StepStatus.STARTED, state))
         # A step starts just before a model or tool call: wait without a pooled connection.
         release()
         record.result = state
@@ -91,11 +91,17 @@ class Journal:
     def complete(
         self, record: StepRecord, result: Any, also: Callable[[], None] | None = None
     ) -> None:
-        """Record a step's result; ``also`` runs in the same transaction (usage, say)."""
-        with transaction.atomic():
-            self._save(record, StepStatus.COMPLETED, result, finished_at=timezone.now())
-            if also is not None:
-                also()
+        """Record a step's result; ``also`` runs in the same transaction (usage, say).
+
+        Retried whole on a lost connection (the step row is written idempotently)."""
+
+        def write() -> None:
+            with transaction.atomic():
+                self._save(record, StepStatus.COMPLETED, result, finished_at=timezone.now())
+                if also is not None:
+                    also()
+
+        retrying(write)
         release()
         record.completed = True
         record.result = result
