@@ -46,6 +46,10 @@ DEFAULTS: dict[str, Any] = {
     # After live events stop for this long, a connection asks the log once for the newest
     # seq, so a tail the layer dropped is not stuck until the next event. 0 turns it off.
     "HEAD_CHECK_MS": 500,
+    # Processes join the channel-layer groups of their sockets and runs again this often, and
+    # read from the log what the layer may have lost meanwhile: a Redis that restarted empty
+    # forgets memberships. 0 turns it off.
+    "GROUP_REFRESH_SECONDS": 10.0,
     # Presence: a connection counts as watching until this many seconds after its last
     # refresh (it refreshes three times per period). 0 turns presence off.
     "PRESENCE_TTL_SECONDS": 30.0,

@@ -130,6 +130,8 @@ if os.environ.get("AGCH_DS_CONFORMANCE"):
     AGENT_CHANNELS["DURABLE_STREAMS_MAX_APPEND_BYTES"] = 16 * 1024 * 1024
     if os.environ.get("AGCH_DS_LONG_POLL"):
         AGENT_CHANNELS["DURABLE_STREAMS_LONG_POLL_SECONDS"] = float(os.environ["AGCH_DS_LONG_POLL"])
+if os.environ.get("AGCH_GROUP_REFRESH"):
+    AGENT_CHANNELS["GROUP_REFRESH_SECONDS"] = float(os.environ["AGCH_GROUP_REFRESH"])
 if os.environ.get("AGCH_SEND_BUFFER_BYTES"):
     AGENT_CHANNELS["SEND_BUFFER_BYTES"] = int(os.environ["AGCH_SEND_BUFFER_BYTES"])
 # The model API of the integration tests' workers (tests/test_responses_celery.py).

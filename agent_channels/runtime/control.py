@@ -10,6 +10,12 @@ before the subscription existed.
 The in-memory layer cannot cross threads or processes, so with it (and always, for
 runs in the same process) messages are also delivered directly; inboxes drop a seq
 they have already seen, so a message arriving both ways counts once.
+
+A Redis that restarts empty forgets group memberships, and whatever was sent while the
+process was not a member is lost on the wire. Every ``GROUP_REFRESH_SECONDS`` the
+listener joins its groups again (``group_add`` is idempotent) and reads the control
+events its runs have not seen from the log, one query for all of them: a message the
+layer lost reaches its run within that time.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
+from django.db import close_old_connections
+from django.db.models import Q
 
 from agent_channels.channel.control import CONTROL_MESSAGE, control_message
 from agent_channels.channel.names import control_group
@@ -172,6 +180,49 @@ def catch_up(inbox: Inbox, channel_id: int) -> None:
         )
 
 
+def catch_up_all() -> int:
+    """Deliver the control events that this process's runs have not seen, from the log.
+
+    One query for every channel with a run here; returns how many messages were new.
+    """
+    with _inboxes_lock:
+        after = {
+            channel: min(inbox.last_seq for inbox in inboxes)
+            for channel, inboxes in _inboxes.items()
+            if inboxes
+        }
+    if not after:
+        return 0
+    where = Q()
+    for channel, seq in after.items():
+        where |= Q(channel__name=channel, seq__gt=seq)
+    rows = (
+        Event.objects.filter(where, name__in=CONTROL_EVENTS)
+        .order_by("seq")
+        .values_list("channel__name", "seq", "name", "data")
+    )
+    delivered = 0
+    for channel, seq, name, data in rows:
+        payload = data if isinstance(data, dict) else {}
+        delivered += deliver_local(
+            {
+                "channel": channel,
+                "seq": seq,
+                "kind": name.split(".", 1)[1],
+                "data": payload.get("data"),
+                "id": payload.get("id"),
+            }
+        )
+    return delivered
+
+
+def _catch_up_all_in_thread() -> int:
+    try:
+        return catch_up_all()
+    finally:
+        close_old_connections()
+
+
 class ControlListener:
     """This process's subscription to the control groups of the runs it executes."""
 
@@ -190,6 +241,9 @@ class ControlListener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._name: str | None = None
         self._receiver: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        #: The channels whose control groups this process belongs to (touched on the loop).
+        self.groups: set[str] = set()
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = background_loop()
@@ -227,14 +281,36 @@ class ControlListener:
             self._name = await self.layer.new_channel("agent-channels-control.")
             self._receiver = asyncio.get_running_loop().create_task(self._receive(self._name))
         await self.layer.group_add(control_group(channel), self._name)
+        self.groups.add(channel)
+        every = float(get_config()["GROUP_REFRESH_SECONDS"] or 0)
+        if self._refresher is None and every > 0:
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh(every))
 
     async def _unsubscribe(self, channel: str) -> None:
         assert self.layer is not None
+        self.groups.discard(channel)
         if self._name is not None:
             try:
                 await self.layer.group_discard(control_group(channel), self._name)
             except Exception:
                 logger.exception("agent_channels: leaving the control group failed")
+
+    async def _refresh(self, every: float) -> None:
+        """Join the groups again and read what the layer may have lost from the log."""
+        assert self.layer is not None
+        while True:
+            await asyncio.sleep(every)
+            if not self.groups or self._name is None:
+                continue
+            try:
+                for channel in list(self.groups):
+                    await self.layer.group_add(control_group(channel), self._name)
+            except Exception:
+                logger.warning("agent_channels: re-joining control groups failed", exc_info=True)
+            try:
+                await asyncio.to_thread(_catch_up_all_in_thread)
+            except Exception:
+                logger.warning("agent_channels: reading missed control failed", exc_info=True)
 
     async def _receive(self, name: str) -> None:
         assert self.layer is not None

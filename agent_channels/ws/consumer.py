@@ -32,6 +32,7 @@ from agent_channels.ws.frames import CONTROL_TYPES, FrameError, parse_client_fra
 from agent_channels.ws.origins import origin_allowed
 from agent_channels.ws.pump import Head, HistoryPruned, Pump, dumps, read_head
 from agent_channels.ws.ratelimit import TokenBucket
+from agent_channels.ws.refresh import track, untrack
 
 __all__ = ["ChannelConsumer"]
 
@@ -146,6 +147,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             batch=self._flag("batch"),
         )
         self.pump_task = asyncio.create_task(self._run_pump(self.pump))
+        track(self)
         if wants_presence(self.scope):
             tracker = PresenceTracker(
                 self.channel, self.channel_name, self.user, self.can_send, self._send_text
@@ -281,7 +283,13 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 "The server failed; reconnect with since=<last seq>.",
             )
 
+    def heads_known(self, last_seq: int) -> None:
+        """From the group refresher: the log's newest seq (the layer may have lost some)."""
+        if self.pump is not None and last_seq > self.pump.known_last:
+            self.pump.announce(last_seq, last_seq, None)
+
     def _stop_pump(self) -> None:
+        untrack(self)
         tasks = (self.pump_task, self.presence_task, self.recheck_task)
         for task in tasks:
             if task is not None and task is not asyncio.current_task():
