@@ -10,6 +10,7 @@ itself is never stopped (other suites share it).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
@@ -28,7 +29,6 @@ from agent_channels.channel.log import EventDraft, append
 from agent_channels.models import Event, Run
 from agent_channels.routing import UnavailableMiddleware
 from agent_channels.runtime import start_run
-
 from agent_channels.runtime.backends import reset_backend
 
 from .helpers import create_operator, wait_for
@@ -54,7 +54,7 @@ def test_an_append_whose_connection_breaks_is_retried_exactly_once(when):
             failed.append(sql)
             if when == "before":
                 raise OperationalError("server closed the connection unexpectedly")
-            result = execute(sql, params, many, context)
+            execute(sql, params, many, context)  # it happened; the answer is lost
             raise OperationalError("server closed the connection unexpectedly")
         return execute(sql, params, many, context)
 
@@ -274,7 +274,7 @@ def test_a_run_rides_out_a_database_outage_and_clients_get_unavailable_meanwhile
         assert run.attempts == 1, "the run was not restarted: it rode the outage out"
         stamps = list(Event.objects.filter(channel__name="blip", name="message.delta")
                       .order_by("seq").values_list("created_at", flat=True))
-        stall = max((b - a).total_seconds() for a, b in zip(stamps, stamps[1:]))
+        stall = max((b - a).total_seconds() for a, b in itertools.pairwise(stamps))
         assert stall > 2.0, "the outage never held up the run's writes"
 
         # Every event once, in order, with the text the agent wrote.

@@ -305,11 +305,11 @@ class RunContext:
 
     def _find_input(self, after: int) -> tuple[Any, int] | None:
         event = retrying(
-            lambda: Event.objects.filter(
-                channel__name=self.channel, seq__gt=after, name="client.input"
+            lambda: (
+                Event.objects.filter(channel__name=self.channel, seq__gt=after, name="client.input")
+                .order_by("seq")
+                .first()
             )
-            .order_by("seq")
-            .first()
         )
         if event is None:
             return None
