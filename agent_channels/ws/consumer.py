@@ -261,7 +261,9 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.close(code)
 
     async def _send_text(self, text: str) -> None:
-        await self.send(text_data=text)
+        # Straight to the server, not through AsyncWebsocketConsumer.send: the pump calls
+        # this once per event on replay, where each layer of coroutines shows.
+        await self.base_send({"type": "websocket.send", "text": text})
 
     async def _run_pump(self, pump: Pump) -> None:
         try:
