@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from agent_channels.channel.connections import release, retrying
@@ -67,18 +67,26 @@ class Journal:
         return record
 
     def _save(self, record: StepRecord, status: str, result: Any, **extra: Any) -> None:
-        Step.objects.update_or_create(
-            run_id=self.run_id,
-            index=record.index,
-            defaults={
-                "kind": record.kind,
-                "name": record.name[:200],
-                "status": status,
-                "result": result,
-                "attempt": self.attempt,
-                **extra,
-            },
-        )
+        fields = {
+            "kind": record.kind,
+            "name": record.name[:200],
+            "status": status,
+            "result": result,
+            "attempt": self.attempt,
+            **extra,
+        }
+        steps = Step.objects.filter(run_id=self.run_id, index=record.index)
+        # One statement in the usual cases (update_or_create takes a row lock and a
+        # savepoint first): a step this attempt has not recorded yet is new, one it has is
+        # updated. The fallbacks cover a retry after a write whose answer was lost.
+        if record.index not in self._steps and not connection.in_atomic_block:
+            try:
+                Step.objects.create(run_id=self.run_id, index=record.index, **fields)
+                return
+            except IntegrityError:
+                pass
+        if not steps.update(**fields):
+            Step.objects.update_or_create(run_id=self.run_id, index=record.index, defaults=fields)
 
     def start(self, record: StepRecord, state: Any = None) -> None:
         """Note that a step began (``state``: what a resumed step needs, e.g. a cursor)."""
