@@ -123,10 +123,15 @@ def _claim(run_id: Any) -> tuple[Run, bool] | None:
             # The channel row lock serialises claims of one channel's runs: two workers
             # cannot both see "nothing running" and start two runs side by side.
             list(Channel.objects.select_for_update().filter(pk=run.channel_id).values_list("pk"))
-            others = Run.objects.filter(channel_id=run.channel_id).exclude(pk=run.pk)
+            # One query: an active run, or one queued before this one (starts first).
             busy = (
-                others.filter(status__in=[RunStatus.RUNNING, RunStatus.WAITING]).exists()
-                or others.filter(status=RunStatus.QUEUED, created_at__lt=run.created_at).exists()
+                Run.objects.filter(channel_id=run.channel_id)
+                .exclude(pk=run.pk)
+                .filter(
+                    Q(status__in=[RunStatus.RUNNING, RunStatus.WAITING])
+                    | Q(status=RunStatus.QUEUED, created_at__lt=run.created_at)
+                )
+                .exists()
             )
             if busy:
                 return None
