@@ -27,7 +27,7 @@ from agent_channels.channel.presence import PresenceTracker, wants_presence
 from agent_channels.channel.wire import EVENTS_MESSAGE, register_server_loop
 from agent_channels.conf import get_config
 from agent_channels.ws import close_codes
-from agent_channels.ws.backpressure import find_transport
+from agent_channels.ws.backpressure import find_transport, server_send
 from agent_channels.ws.frames import CONTROL_TYPES, FrameError, parse_client_frame
 from agent_channels.ws.origins import origin_allowed
 from agent_channels.ws.pump import Head, HistoryPruned, Pump, dumps, read_head
@@ -57,6 +57,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.presence_task: asyncio.Task[None] | None = None
         self.recheck_task: asyncio.Task[None] | None = None
         self.revoked = False
+        self._server_send: Any = None
 
     async def connect(self) -> None:
         register_server_loop(asyncio.get_running_loop())
@@ -107,6 +108,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.group = event_group(self.channel)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        self._server_send = server_send(self.base_send)
         channel_id, last_seq, pruned_seq = await self._head()
         if since is not None and since < pruned_seq:
             return await self._fail(
@@ -261,9 +263,9 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.close(code)
 
     async def _send_text(self, text: str) -> None:
-        # Straight to the server, not through AsyncWebsocketConsumer.send: the pump calls
-        # this once per event on replay, where each layer of coroutines shows.
-        await self.base_send({"type": "websocket.send", "text": text})
+        # Straight to the server, past AsyncWebsocketConsumer.send and the session wrapper:
+        # the pump calls this once per event on replay, where each layer shows.
+        await (self._server_send or self.base_send)({"type": "websocket.send", "text": text})
 
     async def _run_pump(self, pump: Pump) -> None:
         try:
