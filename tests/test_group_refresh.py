@@ -196,3 +196,63 @@ def test_after_redis_forgets_everything_live_events_and_interrupts_flow_again(
             if proc is not None:
                 proc.stop()
         redis_server.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(settings.DB_KIND != "postgres", reason="runs on PostgreSQL (AGCH_DB=postgres)")
+@pytest.mark.skipif(shutil.which("redis-server") is None and os.environ.get("CI") != "true",
+                    reason="needs redis-server on PATH to run a Redis of its own")
+def test_an_event_stream_hears_live_events_again_after_redis_forgets_everything(staff: Any) -> None:
+    """Live, not by the keep-alive's look at the log: that comes every 15 s (the default)."""
+    import http.client
+    import secrets
+
+    from django.test import Client
+
+    client = Client()
+    client.force_login(staff)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    redis_server = RedisServer()
+    daphne = None
+    try:
+        daphne = Daphne(AGCH_LAYER="redis", AGCH_GROUP_REFRESH="1",
+                        AGCH_REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0")
+        publish("sse-flushed", "tick", {"i": 0})
+        stream = http.client.HTTPConnection("127.0.0.1", daphne.port, timeout=30)
+        stream.request("GET", "/agent-channels/sse-flushed/events/?since=0",
+                       headers={"Accept": "text/event-stream", "Cookie": cookie})
+        response = stream.getresponse()
+        assert response.status == 200
+        seqs: list[int] = []
+
+        def read() -> None:
+            try:
+                for raw in response:
+                    line = raw.decode()
+                    if line.startswith("id: "):
+                        seqs.append(int(line[4:]))
+            except (OSError, AttributeError, ValueError, http.client.HTTPException):
+                pass  # the test closed the stream
+
+        threading.Thread(target=read, daemon=True).start()
+        wait_for(lambda: seqs == [1], 10)
+        redis_server.flushall()
+        time.sleep(2.5)  # a refresh or two
+
+        # Sent by daphne on the (flushed) layer: a control frame over HTTP is event 2.
+        csrf = secrets.token_hex(16)
+        poster = http.client.HTTPConnection("127.0.0.1", daphne.port, timeout=10)
+        poster.request("POST", "/agent-channels/sse-flushed/messages/",
+                       body=json.dumps({"type": "input", "data": "hi"}),
+                       headers={"Cookie": f"{cookie}; csrftoken={csrf}", "X-CSRFToken": csrf,
+                                "Origin": f"http://127.0.0.1:{daphne.port}",
+                                "Content-Type": "application/json"})
+        assert poster.getresponse().status in (200, 201, 202)
+        sent_at = time.monotonic()
+        wait_for(lambda: seqs == [1, 2], 5, 0.02)
+        assert time.monotonic() - sent_at < 3, "live again, not found by a later look at the log"
+        stream.close()
+    finally:
+        if daphne is not None:
+            daphne.stop()
+        redis_server.stop()

@@ -1,6 +1,6 @@
 """Joining the event groups again after the channel layer forgot them.
 
-Each socket joins its channel's group once, at connect. A Redis that restarts empty (or
+Each socket (and each Server-Sent Events stream) joins its channel's group once, at connect. A Redis that restarts empty (or
 evicts keys) forgets the membership, and the socket would get no live event again until
 it reconnects. One task per server process re-adds every open socket to its group each
 ``GROUP_REFRESH_SECONDS`` and reads the newest seq of their channels in one query; a
