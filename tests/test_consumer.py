@@ -442,3 +442,42 @@ async def test_batch_opt_in_replays_several_events_per_message_then_goes_live(st
     assert live["type"] == "event" and live["seq"] == 1001  # live events come one by one
     assert await ws.receive_nothing(0.2)
     await ws.disconnect()
+
+
+@pytest.mark.parametrize("failures", [2, 1000])
+async def test_a_database_blip_while_replaying_is_ridden_out_or_answered_unavailable(
+    staff, settings, monkeypatch, failures
+):
+    from django.db import OperationalError
+
+    from agent_channels.ws import pump
+
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "DB_RETRY_SECONDS": 1.0,
+                               "REPLAY_BATCH_SIZE": 10}
+    await sync_to_async(append)("blip-replay", [EventDraft("tick", {"i": i}) for i in range(30)])
+    real, calls = pump.read_frames, []
+
+    def flaky(*args):
+        calls.append(args)
+        if len(calls) in range(2, 2 + failures):  # the second page onwards, for a while
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(*args)
+
+    monkeypatch.setattr(pump, "read_frames", flaky)
+    ws = await connect("blip-replay", staff)
+    await recv(ws)
+    if failures == 2:
+        frames = await recv_events(ws, 30)
+        assert [f["seq"] for f in frames] == list(range(1, 31))
+        assert await ws.receive_nothing(0.2)  # still open
+        await ws.disconnect()
+        return
+    seqs = []
+    while True:
+        frame = await recv(ws)
+        if frame["type"] != "event":
+            break
+        seqs.append(frame["seq"])
+    assert seqs == list(range(1, 11))
+    assert frame["type"] == "error" and frame["code"] == "unavailable"
+    assert (await ws.receive_output())["code"] == 4500

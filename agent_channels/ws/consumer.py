@@ -21,6 +21,7 @@ from django.contrib.auth import get_user
 from django.db import close_old_connections
 
 from agent_channels.access import get_access_policy
+from agent_channels.channel.connections import TRANSIENT_ERRORS
 from agent_channels.channel.control import asend_control
 from agent_channels.channel.names import InvalidChannelName, event_group, validate_name
 from agent_channels.channel.presence import PresenceTracker, wants_presence
@@ -278,6 +279,13 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 "history_pruned",
                 f"Events up to seq {exc.pruned_seq} were pruned while you were behind.",
                 first_seq=exc.pruned_seq + 1,
+            )
+        except TRANSIENT_ERRORS:
+            logger.warning("agent_channels: pump for %r lost the database", self.channel)
+            await self._fail(
+                close_codes.INTERNAL_ERROR,
+                "unavailable",
+                "The server cannot reach its database; reconnect with since=<last seq>.",
             )
         except Exception:
             logger.exception("agent_channels: pump for %r failed", self.channel)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 
+from agent_channels.channel.connections import TRANSIENT_ERRORS
 from agent_channels.channel.log import read_frames
 from agent_channels.models import Channel
 from agent_channels.ws.backpressure import pending_bytes
@@ -31,6 +33,8 @@ BATCH_BYTES = 64 * 1024
 
 #: ``(channel id or None, last seq, pruned seq)`` of a channel.
 Head = tuple[int | None, int, int]
+
+T = TypeVar("T")
 
 
 def dumps(frame: dict[str, Any]) -> str:
@@ -98,6 +102,25 @@ class Pump:
         self.check_head = True
         self.wake.set()
 
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a thread; a lost database connection is retried, not fatal.
+
+        For ``DB_RETRY_SECONDS``: the socket stays open through a database blip and carries
+        on where it was, instead of closing and being refused on reconnect meanwhile.
+        """
+        deadline = time.monotonic() + float(self.config["DB_RETRY_SECONDS"])
+        delay = 0.1
+        while True:
+            try:
+                result: T = await database_sync_to_async(fn)(*args)
+                return result
+            except TRANSIENT_ERRORS:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("agent_channels: reading %r failed; retrying", self.channel)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     def backlogged(self) -> bool:
         pending = pending_bytes(self._transport)
         return pending is not None and pending > self.config["SEND_BUFFER_BYTES"]
@@ -143,7 +166,7 @@ class Pump:
                 await asyncio.wait_for(self.wake.wait(), quiet)
             except TimeoutError:
                 self.check_head = False
-                _, head, _ = await read_head(self.channel)
+                _, head, _ = await self._db(_read_head_sync, self.channel)
                 if head > self.known_last:
                     self.known_last = head
                     self.wake.set()
@@ -151,13 +174,17 @@ class Pump:
 
     async def _send_from_log(self) -> None:
         if self.channel_id is None:
-            self.channel_id, _, _ = await read_head(self.channel)
+            self.channel_id, _, _ = await self._db(_read_head_sync, self.channel)
         assert self.channel_id is not None
-        frames = await database_sync_to_async(read_frames)(
-            self.channel_id, self.sent, self.known_last, self.config["REPLAY_BATCH_SIZE"]
+        frames = await self._db(
+            read_frames,
+            self.channel_id,
+            self.sent,
+            self.known_last,
+            self.config["REPLAY_BATCH_SIZE"],
         )
         if not frames or frames[0][0] != self.sent + 1:
-            _, _, pruned_seq = await read_head(self.channel)
+            _, _, pruned_seq = await self._db(_read_head_sync, self.channel)
             raise HistoryPruned(pruned_seq)
         if self.batch:
             await self._send_batches(frames)
