@@ -68,6 +68,10 @@ DEFAULTS: dict[str, Any] = {
     # After live events stop for this long, a connection asks the log once for the newest
     # seq, so a tail the layer dropped is not stuck until the next event. 0 turns it off.
     "HEAD_CHECK_MS": 500,
+    # Processes join the channel-layer groups of their sockets and runs again this often, and
+    # read from the log what the layer may have lost meanwhile: a Redis that restarted empty
+    # forgets memberships. 0 turns it off.
+    "GROUP_REFRESH_SECONDS": 10.0,
     # Presence: a connection counts as watching until this many seconds after its last
     # refresh (it refreshes three times per period). 0 turns presence off.
     "PRESENCE_TTL_SECONDS": 30.0,
@@ -112,6 +116,9 @@ DEFAULTS: dict[str, Any] = {
     "REAP_EVERY_SECONDS": 2.0,
     # Starts a run gets (the first included) before a dead worker makes it fail instead.
     "MAX_ATTEMPTS": 3,
+    # A run's writes (events, journal, status) retry on a fresh connection for this long when
+    # the database connection is lost or the database is briefly away, instead of failing.
+    "DB_RETRY_SECONDS": 10.0,
     # The model for ctx.chat(); None means the OPENAI_MODEL environment variable, then gpt-4o-mini.
     "OPENAI_MODEL": None,
     # Passed to openai.OpenAI(); None leaves the SDK to read OPENAI_BASE_URL / OPENAI_API_KEY.

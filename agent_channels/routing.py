@@ -1,10 +1,15 @@
-"""WebSocket routes: add ``websocket_urlpatterns`` to your ASGI URLRouter."""
+"""WebSocket routes: add ``websocket_urlpatterns`` to your ASGI URLRouter.
+
+Wrap the stack in :class:`UnavailableMiddleware` so that a handshake during a database
+outage gets an ``unavailable`` error frame instead of HTTP 500.
+"""
 
 from django.urls import re_path
 
 from agent_channels.ws.consumer import ChannelConsumer
+from agent_channels.ws.guard import UnavailableMiddleware
 
-__all__ = ["websocket_urlpatterns"]
+__all__ = ["UnavailableMiddleware", "websocket_urlpatterns"]
 
 websocket_urlpatterns = [
     # The name is URL-encoded by clients; servers decode the path, so it may hold "/" (and

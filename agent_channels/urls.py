@@ -7,16 +7,17 @@ run routes come before anything that could swallow them.
 from django.urls import re_path
 
 from agent_channels.views import messages, runs, sse
+from agent_channels.views.http import unavailable_on_database_errors as guard
 
 app_name = "agent_channels"
 
 urlpatterns = [
-    re_path(r"^(?P<channel>[\s\S]+)/runs/$", runs.create_run, name="runs"),
+    re_path(r"^(?P<channel>[\s\S]+)/runs/$", guard(runs.create_run), name="runs"),
     re_path(
         r"^(?P<channel>[\s\S]+)/runs/(?P<run>[0-9a-fA-F-]{32,36})/$",
-        runs.run_detail,
+        guard(runs.run_detail),
         name="run",
     ),
-    re_path(r"^(?P<channel>[\s\S]+)/messages/$", messages.post_message, name="messages"),
-    re_path(r"^(?P<channel>[\s\S]+)/events/$", sse.events, name="events"),
+    re_path(r"^(?P<channel>[\s\S]+)/messages/$", guard(messages.post_message), name="messages"),
+    re_path(r"^(?P<channel>[\s\S]+)/events/$", guard(sse.events), name="events"),
 ]

@@ -189,16 +189,18 @@ def staff_cookie() -> str:
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    user = get_user_model().objects.create_user("bench", is_staff=True)
+    user = get_user_model().objects.create_user("bench", is_staff=True, is_superuser=True)
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}"
 
 
-async def open_ws(server: Daphne, cookie: str, channel: str, since: int | None = None) -> Any:
+async def open_ws(server: Daphne, cookie: str, channel: str, since: int | None = None,
+                  batch: bool = False) -> Any:
     import websockets
 
-    ws = await websockets.connect(server.url(channel, since),
+    url = server.url(channel, since) + ("&batch=1" if batch else "")
+    ws = await websockets.connect(url,
                                   origin=f"http://127.0.0.1:{server.port}",  # type: ignore[arg-type]
                                   additional_headers={"Cookie": cookie}, max_size=None,
                                   max_queue=None)
@@ -377,7 +379,7 @@ async def bench_live(pub: Publisher, server: Daphne, cookie: str, rounds: int,
 async def bench_catchup(server: Daphne, cookie: str, rounds: int, total: int) -> None:
     from channels.db import database_sync_to_async
 
-    from agent_channels.channel.log import EventDraft, append, read
+    from agent_channels.channel.log import EventDraft, append, read, read_frames
     from agent_channels.models import Channel
 
     banner(f"Catch-up: since=0 on a channel of {total:,} events, {rounds} interleaved rounds")
@@ -391,44 +393,76 @@ async def bench_catchup(server: Daphne, cookie: str, rounds: int, total: int) ->
     await database_sync_to_async(fill)()
     cid = (await database_sync_to_async(Channel.objects.get)(name=channel)).pk
 
-    def read_all() -> float:
+    def read_all(fast: bool = False) -> float:
         t0 = time.perf_counter()
         after = 0
         while after < total and time.perf_counter() - t0 < RUN_CAP_SECONDS:
+            if fast:  # what the pump does now: the stored JSON text, no decode/encode
+                after = read_frames(cid, after, total, 1000)[-1][0]
+                continue
             events = read(cid, after, total, 500)
             for e in events:
                 json.dumps(e.to_frame(), separators=(",", ":"))
             after = events[-1].seq
         return after / (time.perf_counter() - t0)
 
-    async def replay() -> tuple[float, int]:
+    async def replay(batch: bool = False) -> tuple[float, int]:
         t0 = time.perf_counter()
-        ws = await open_ws(server, cookie, channel, since=0)
-        _lat, seqs = await ws_collect(ws, total, RUN_CAP_SECONDS)
+        ws = await open_ws(server, cookie, channel, since=0, batch=batch)
+        seqs = await catchup_collect(ws, total, RUN_CAP_SECONDS)
         rate = len(seqs) / (time.perf_counter() - t0)
         await ws.close()
+        if seqs != list(range(1, len(seqs) + 1)):
+            raise RuntimeError("catch-up out of order or with duplicates")
         return rate, len(seqs)
 
-    base, cand, ratios, got = [], [], [], []
+    modes = ["floor", "fast floor", "ws", "ws batch"]
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    got: list[int] = []
     for r in range(rounds):
-        if r % 2 == 0:
-            b = await database_sync_to_async(read_all)()
-            c, n = await replay()
-        else:
-            c, n = await replay()
-            b = await database_sync_to_async(read_all)()
-        base.append(b)
-        cand.append(c)
-        got.append(n)
-        ratios.append(c / b)
-    record("wire.catchup", events=total, floor_eps=median(base), ws_eps=median(cand),
-           ratio=median(ratios), received=min(got))
-    print(table(["what", "events/s (median)", "ratio"], [
-        ["read() batches of 500 + to_frame + json.dumps, in-process (floor)", fmt(median(base)),
-         "1.00"],
-        [f"WebSocket since=0 through daphne (connect → last frame; received "
-         f"{min(got)}/{total})", fmt(median(cand)), fmt(median(ratios))],
+        order = modes if r % 2 == 0 else modes[::-1]
+        for mode in order:
+            if mode == "floor":
+                rates[mode].append(await database_sync_to_async(read_all)())
+            elif mode == "fast floor":
+                rates[mode].append(await database_sync_to_async(read_all)(True))
+            else:
+                rate, n = await replay(batch=mode == "ws batch")
+                rates[mode].append(rate)
+                got.append(n)
+    ratio = {m: median([c / b for c, b in zip(rates[m], rates["floor"], strict=True)])
+             for m in modes}
+    record("wire.catchup", events=total, floor_eps=median(rates["floor"]),
+           fast_floor_eps=median(rates["fast floor"]), ws_eps=median(rates["ws"]),
+           ws_batch_eps=median(rates["ws batch"]), ratio=ratio["ws"],
+           ratio_batch=ratio["ws batch"], received=min(got))
+    print(table(["what", "events/s (median)", "ratio to the floor"], [
+        ["read() batches of 500 + to_frame + json.dumps, in-process (floor)",
+         fmt(median(rates["floor"])), "1.00"],
+        ["read_frames() batches of 1000 (stored JSON text), in-process",
+         fmt(median(rates["fast floor"])), fmt(ratio["fast floor"])],
+        [f"WebSocket since=0 through daphne, a frame per event (connect → last frame; "
+         f"received {min(got)}/{total})", fmt(median(rates["ws"])), fmt(ratio["ws"])],
+        ["WebSocket since=0&batch=1, several events per frame", fmt(median(rates["ws batch"])),
+         fmt(ratio["ws batch"])],
     ]))
+
+
+async def catchup_collect(ws: Any, total: int, cap: float) -> list[int]:
+    """The seqs of event frames (single or batched) until ``total`` arrived or ``cap`` s."""
+    seqs: list[int] = []
+    try:
+        async with asyncio.timeout(cap):
+            while len(seqs) < total:
+                frame = json.loads(await ws.recv())
+                kind = frame.get("type")
+                if kind == "event":
+                    seqs.append(frame["seq"])
+                elif kind == "events":
+                    seqs.extend(e["seq"] for e in frame["events"])
+    except TimeoutError:
+        pass
+    return seqs
 
 
 async def main_async(args: argparse.Namespace, cookie: str) -> None:

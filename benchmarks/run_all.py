@@ -121,6 +121,10 @@ def summary(results: list[dict[str, Any]]) -> list[list[str]]:
     for r in rows_of(results, "wire.catchup"):
         out.append([f"catch-up since=0, {r['events']:,} events", f"WS {f(r['ws_eps'])} ev/s",
                     f"in-process read {f(r['floor_eps'])} ev/s", f(r["ratio"])])
+        if "ws_batch_eps" in r:
+            out.append(["  same, batch=1 (several events per message)",
+                        f"WS {f(r['ws_batch_eps'])} ev/s",
+                        f"in-process read {f(r['floor_eps'])} ev/s", f(r["ratio_batch"])])
     for r in rows_of(results, "log.single"):
         out.append([f"[{r['db']}] publish() per event", f"{f(r['publish_eps'])} ev/s",
                     f"create() {f(r['create_eps'])} ev/s", f(r["ratio"])])
@@ -247,8 +251,12 @@ def plot(results: list[dict[str, Any]], info: dict[str, Any], out_dir: Path) -> 
         fig, axes = plt.subplots(1, 2, figsize=(9, 4))
         if catchup:
             r = catchup[0]
-            axes[0].bar(["in-process read()\n(floor)", "WebSocket\nsince=0"], [r["floor_eps"], r["ws_eps"]],
-                        color=["#999999", "#1f77b4"])
+            labels = ["in-process read()\n(floor)", "WebSocket\nsince=0"]
+            values = [r["floor_eps"], r["ws_eps"]]
+            if "ws_batch_eps" in r:
+                labels.append("WebSocket\nbatch=1")
+                values.append(r["ws_batch_eps"])
+            axes[0].bar(labels, values, color=["#999999", "#1f77b4", "#2ca02c"][: len(values)])
             axes[0].set_ylabel("events/s")
             axes[0].set_title(f"Catch-up of {r['events']:,} events (ratio {r['ratio']:.2f})", fontsize=10)
         if control:

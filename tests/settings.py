@@ -150,6 +150,8 @@ if os.environ.get("AGCH_MAX_SOCKETS"):
 if os.environ.get("AGCH_HTTP_RUNS_RATE"):
     AGENT_CHANNELS["HTTP_RUNS_RATE"] = float(os.environ["AGCH_HTTP_RUNS_RATE"])
     AGENT_CHANNELS["HTTP_RUNS_BURST"] = int(os.environ.get("AGCH_HTTP_RUNS_BURST", "1"))
+if os.environ.get("AGCH_GROUP_REFRESH"):
+    AGENT_CHANNELS["GROUP_REFRESH_SECONDS"] = float(os.environ["AGCH_GROUP_REFRESH"])
 if os.environ.get("AGCH_SEND_BUFFER_BYTES"):
     AGENT_CHANNELS["SEND_BUFFER_BYTES"] = int(os.environ["AGCH_SEND_BUFFER_BYTES"])
 # The model API of the integration tests' workers (tests/test_responses_celery.py).

@@ -408,3 +408,76 @@ async def test_logging_out_closes_a_socket_opened_with_the_session(alice, settin
     await sync_to_async(client.logout)()
     assert (await recv(ws))["code"] == "access_revoked"
     assert (await ws.receive_output(5))["code"] == 4403
+
+
+async def test_batch_opt_in_replays_several_events_per_message_then_goes_live(staff, settings):
+    from channels.testing import WebsocketCommunicator
+
+    from agent_channels.ws.pump import BATCH_BYTES
+
+    from .wsclient import APP, ORIGIN, path_for
+
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "REPLAY_BATCH_SIZE": 400}
+    pad = "x" * 300  # about 220 frames per batch message
+    await sync_to_async(append)("batched", [EventDraft("tick", {"i": i, "pad": pad})
+                                            for i in range(1000)])
+    ws = WebsocketCommunicator(APP, path_for("batched", 0) + "&batch=1", headers=[ORIGIN])
+    ws.scope["user"] = staff
+    assert (await ws.connect())[0]
+    assert (await recv(ws))["type"] == "hello"
+    seqs, messages = [], 0
+    while len(seqs) < 1000:
+        text = await ws.receive_from(5)
+        frame = json.loads(text)
+        assert frame["type"] == "events"
+        assert len(text) < BATCH_BYTES + 1000
+        messages += 1
+        for event in frame["events"]:
+            assert event["type"] == "event" and event["data"]["i"] == event["seq"] - 1
+            seqs.append(event["seq"])
+    assert seqs == list(range(1, 1001))
+    assert 4 < messages < 20  # batched, and split at the size bound and the page bound
+    await apublish("batched", "tick", {"i": 1000})
+    live = await recv(ws)
+    assert live["type"] == "event" and live["seq"] == 1001  # live events come one by one
+    assert await ws.receive_nothing(0.2)
+    await ws.disconnect()
+
+
+@pytest.mark.parametrize("failures", [2, 1000])
+async def test_a_database_blip_while_replaying_is_ridden_out_or_answered_unavailable(
+    staff, settings, monkeypatch, failures
+):
+    from django.db import OperationalError
+
+    from agent_channels.ws import pump
+
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "DB_RETRY_SECONDS": 1.0,
+                               "REPLAY_BATCH_SIZE": 10}
+    await sync_to_async(append)("blip-replay", [EventDraft("tick", {"i": i}) for i in range(30)])
+    real, calls = pump.read_frames, []
+
+    def flaky(*args):
+        calls.append(args)
+        if len(calls) in range(2, 2 + failures):  # the second page onwards, for a while
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(*args)
+
+    monkeypatch.setattr(pump, "read_frames", flaky)
+    ws = await connect("blip-replay", staff)
+    await recv(ws)
+    if failures == 2:
+        frames = await recv_events(ws, 30)
+        assert [f["seq"] for f in frames] == list(range(1, 31))
+        assert await ws.receive_nothing(0.2)  # still open
+        await ws.disconnect()
+        return
+    seqs = []
+    while True:
+        frame = await recv(ws)
+        if frame["type"] != "event":
+            break
+        seqs.append(frame["seq"])
+    assert seqs == list(range(1, 11))
+    assert frame["type"] == "error" and frame["code"] == "unavailable"
+    assert (await ws.receive_output())["code"] == 4500

@@ -82,6 +82,25 @@ def test_frame_shape_matches_the_protocol():
     assert json.loads(json.dumps(frame))["data"] == {"text": "<b>hi</b>"}
 
 
+
+def test_replay_frames_are_the_events_frames_without_re_encoding(django_user_model):
+    from agent_channels.channel.log import read, read_frames
+    from agent_channels.models import Run
+
+    user = django_user_model.objects.create_user("frames")
+    run = Run.objects.create(channel=Channel.objects.create(name="frames", owner=user), agent="x")
+    odd = {"text": "é \u2028 \\u0000 \"q\" <b>", "n": [1, 2.5, None, True], "nested": {"z": 1, "a": {}}}
+    append("frames", [EventDraft("message.delta", odd, run.pk), EventDraft("x.y", {})])
+    publish("frames", "tick")
+    channel_id = Channel.objects.get(name="frames").pk
+    frames = read_frames(channel_id, 0)
+    assert [seq for seq, _ in frames] == [1, 2, 3]
+    assert [json.loads(text) for _, text in frames] == [
+        json.loads(json.dumps(e.to_frame())) for e in read(channel_id, 0)
+    ]
+    assert [seq for seq, _ in read_frames(channel_id, 1, 2)] == [2]
+    assert read_frames(channel_id, 0, limit=1)[0][0] == 1
+
 WRITER = """
 import django, sys
 django.setup()

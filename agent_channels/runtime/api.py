@@ -131,14 +131,14 @@ def start_run(
             ],
         )[0]
         Run.objects.filter(pk=run.pk).update(control_seq=queued_event.seq)
+        run.control_seq = queued_event.seq
         if policy == "interrupt":
             for other in active:
                 _supersede(other, channel, run)
         if not active:
             lifecycle.enqueue(run.pk)
-        # Read before the commit hands the run to a worker: the caller gets the run as it was
-        # queued, not whatever state a fast worker has already moved it to.
-        run.refresh_from_db()
+    # Not read back: the run as queued (a worker may already be starting it; GET runs/<id>/
+    # says what it is doing now), and one query less before the first event.
     return run
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from django.db.models import F
 from django.utils import timezone
 
+from agent_channels.channel.connections import retrying
 from agent_channels.channel.log import EventDraft, append
 from agent_channels.channel.publishing import MessageStream
 from agent_channels.conf import get_config
@@ -161,8 +162,10 @@ class RunContext:
             self.inbox.wakeup.wait(remaining)
 
     def handled(self, message: ControlMessage) -> None:
-        Run.objects.filter(pk=self.run_id, control_seq__lt=message.seq).update(
-            control_seq=message.seq
+        retrying(
+            lambda: Run.objects.filter(pk=self.run_id, control_seq__lt=message.seq).update(
+                control_seq=message.seq
+            )
         )
         logger.debug("agent_channels: run %s saw %s seq %s", self.run_id, message.kind, message.seq)
 
@@ -301,10 +304,12 @@ class RunContext:
         return value
 
     def _find_input(self, after: int) -> tuple[Any, int] | None:
-        event = (
-            Event.objects.filter(channel__name=self.channel, seq__gt=after, name="client.input")
-            .order_by("seq")
-            .first()
+        event = retrying(
+            lambda: (
+                Event.objects.filter(channel__name=self.channel, seq__gt=after, name="client.input")
+                .order_by("seq")
+                .first()
+            )
         )
         if event is None:
             return None

@@ -11,6 +11,12 @@ gone, and with them messages sent meanwhile).
 The in-memory layer cannot cross threads or processes, so with it (and always, for
 runs in the same process) messages are also delivered directly; inboxes drop a seq
 they have already seen, so a message arriving both ways counts once.
+
+A Redis that restarts empty forgets group memberships, and whatever was sent while the
+process was not a member is lost on the wire. Every ``GROUP_REFRESH_SECONDS`` the
+listener joins its groups again (``group_add`` is idempotent) and reads the control
+events its runs have not seen from the log, one query for all of them: a message the
+layer lost reaches its run within that time.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
-from django.db import connections
+from django.db import close_old_connections
+from django.db.models import Q
 
 from agent_channels.channel.control import CONTROL_MESSAGE, control_message
 from agent_channels.channel.names import control_group
@@ -179,21 +186,47 @@ def _deliver_events(inbox: Inbox, events: Iterable[Event]) -> None:
         )
 
 
-def _catch_up_channels(channels: set[str]) -> None:
-    """:func:`catch_up` every inbox of ``channels`` in this process, after the layer may
-    have lost messages to them; runs in a thread of its own and gives its connection back."""
+def catch_up_all() -> int:
+    """Deliver the control events that this process's runs have not seen, from the log.
+
+    One query for every channel with a run here; returns how many messages were new.
+    """
     with _inboxes_lock:
-        inboxes = [inbox for name in channels for inbox in _inboxes.get(name, ())]
+        after = {
+            channel: min(inbox.last_seq for inbox in inboxes)
+            for channel, inboxes in _inboxes.items()
+            if inboxes
+        }
+    if not after:
+        return 0
+    where = Q()
+    for channel, seq in after.items():
+        where |= Q(channel__name=channel, seq__gt=seq)
+    rows = (
+        Event.objects.filter(where, name__in=CONTROL_EVENTS)
+        .order_by("seq")
+        .values_list("channel__name", "seq", "name", "data")
+    )
+    delivered = 0
+    for channel, seq, name, data in rows:
+        payload = data if isinstance(data, dict) else {}
+        delivered += deliver_local(
+            {
+                "channel": channel,
+                "seq": seq,
+                "kind": name.split(".", 1)[1],
+                "data": payload.get("data"),
+                "id": payload.get("id"),
+            }
+        )
+    return delivered
+
+
+def _catch_up_all_in_thread() -> int:
     try:
-        for inbox in inboxes:
-            _deliver_events(
-                inbox,
-                Event.objects.filter(
-                    channel__name=inbox.channel, seq__gt=inbox.last_seq, name__in=CONTROL_EVENTS
-                ).order_by("seq"),
-            )
+        return catch_up_all()
     finally:
-        connections.close_all()
+        close_old_connections()
 
 
 class ControlListener:
@@ -201,8 +234,9 @@ class ControlListener:
 
     A membership lives in the layer, which can forget it: a Redis restarted empty, a
     failover that lost the newest writes, ``group_expiry`` passing while a run lives on.
-    So the listener joins its groups again after any failed receive (and then reads the
-    control events it may have missed from the log), and every ``group_expiry / 2``.
+    So the listener joins its groups again, and reads the control events it may have missed
+    from the log, after any failed receive and every ``GROUP_REFRESH_SECONDS`` (at most
+    ``group_expiry / 2``).
     """
 
     def __init__(self, alias: str) -> None:
@@ -221,8 +255,8 @@ class ControlListener:
         self._name: str | None = None
         self._receiver: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
-        #: Channels whose control group this process is in; touched on the loop only.
-        self._channels: set[str] = set()
+        #: The channels whose control groups this process belongs to (touched on the loop).
+        self.groups: set[str] = set()
         self._lost: asyncio.Event | None = None
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
@@ -264,11 +298,11 @@ class ControlListener:
             self._receiver = loop.create_task(self._receive(self._name))
             self._keeper = loop.create_task(self._keep_joined(self._name, self._lost))
         await self.layer.group_add(control_group(channel), self._name)
-        self._channels.add(channel)
+        self.groups.add(channel)
 
     async def _unsubscribe(self, channel: str) -> None:
         assert self.layer is not None
-        self._channels.discard(channel)
+        self.groups.discard(channel)
         if self._name is not None:
             try:
                 await self.layer.group_discard(control_group(channel), self._name)
@@ -295,34 +329,33 @@ class ControlListener:
                 deliver_local(message)
 
     async def _keep_joined(self, name: str, lost: asyncio.Event) -> None:
-        """Join the control groups again after a failure, and before group_expiry."""
+        """Join the control groups again, then read what the layer may have lost from the
+        log: at once after a failed receive, and every ``GROUP_REFRESH_SECONDS`` (at most
+        ``group_expiry / 2``), since a Redis restarted empty fails no receive at all."""
         assert self.layer is not None
+        every = float(get_config()["GROUP_REFRESH_SECONDS"] or 0)
         expiry = getattr(self.layer, "group_expiry", None)
-        refresh = max(1.0, float(expiry) / 2) if expiry else None
+        if expiry:
+            every = min(every, float(expiry) / 2) if every > 0 else max(1.0, float(expiry) / 2)
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), refresh)
-            after_failure = lost.is_set()
-            channels = set(self._channels)
+                await asyncio.wait_for(lost.wait(), every if every > 0 else None)
+            if not self.groups:
+                lost.clear()
+                continue
             try:
-                for channel in channels:
+                for channel in list(self.groups):
                     await self.layer.group_add(control_group(channel), name)
+                lost.clear()
+                # Messages sent while the membership was gone are only in the log.
+                await asyncio.to_thread(_catch_up_all_in_thread)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.warning("agent_channels: rejoining the control groups failed; retrying")
+                logger.warning("agent_channels: re-joining the control groups failed; retrying",
+                               exc_info=True)
                 lost.set()
                 await asyncio.sleep(0.5)
-                continue
-            lost.clear()
-            if after_failure and channels:
-                # Messages sent while the membership was gone are only in the log.
-                try:
-                    await asyncio.to_thread(_catch_up_channels, channels)
-                except Exception:
-                    logger.exception("agent_channels: reading missed control events failed")
-                    lost.set()
-                    await asyncio.sleep(0.5)
 
 
 _listener: PerProcess[ControlListener] = PerProcess(

@@ -9,6 +9,7 @@ from typing import Any
 from django.db import close_old_connections
 
 from agent_channels.channel.connections import release as release_connection
+from agent_channels.channel.connections import retrying
 from agent_channels.channel.log import EventDraft, append
 from agent_channels.models import Event, RunStatus
 from agent_channels.runtime import calls, lifecycle
@@ -94,9 +95,9 @@ def execute_run(run_id: str) -> str:
 
     try:
         get_listener().subscribe(channel)
-        catch_up(inbox, run.channel_id)
+        retrying(lambda: catch_up(inbox, run.channel_id))
         if recovering:
-            taken_over = calls.resumable_message_ids(run.pk)
+            taken_over = retrying(lambda: calls.resumable_message_ids(run.pk))
             _abort_orphaned_messages(run.pk, channel, taken_over)
         agent = get_agent(run.agent)
         ctx = RunContext(run, channel, inbox, run.attempts)

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from agent_channels.channel.connections import release
+from agent_channels.channel.connections import release, retrying
 from agent_channels.models import Step, StepStatus
 from agent_channels.runtime.errors import NonDeterministicReplay
 
@@ -42,7 +42,7 @@ class Journal:
         self.attempt = attempt
         self._steps = {
             s.index: StepRecord(s.index, s.kind, s.name, s.status == StepStatus.COMPLETED, s.result)
-            for s in Step.objects.filter(run_id=run_id)
+            for s in retrying(lambda: list(Step.objects.filter(run_id=run_id)))
         }
         self._next = 0
 
@@ -67,22 +67,30 @@ class Journal:
         return record
 
     def _save(self, record: StepRecord, status: str, result: Any, **extra: Any) -> None:
-        Step.objects.update_or_create(
-            run_id=self.run_id,
-            index=record.index,
-            defaults={
-                "kind": record.kind,
-                "name": record.name[:200],
-                "status": status,
-                "result": result,
-                "attempt": self.attempt,
-                **extra,
-            },
-        )
+        fields = {
+            "kind": record.kind,
+            "name": record.name[:200],
+            "status": status,
+            "result": result,
+            "attempt": self.attempt,
+            **extra,
+        }
+        steps = Step.objects.filter(run_id=self.run_id, index=record.index)
+        # One statement in the usual cases (update_or_create takes a row lock and a
+        # savepoint first): a step this attempt has not recorded yet is new, one it has is
+        # updated. The fallbacks cover a retry after a write whose answer was lost.
+        if record.index not in self._steps and not connection.in_atomic_block:
+            try:
+                Step.objects.create(run_id=self.run_id, index=record.index, **fields)
+                return
+            except IntegrityError:
+                pass
+        if not steps.update(**fields):
+            Step.objects.update_or_create(run_id=self.run_id, index=record.index, defaults=fields)
 
     def start(self, record: StepRecord, state: Any = None) -> None:
         """Note that a step began (``state``: what a resumed step needs, e.g. a cursor)."""
-        self._save(record, StepStatus.STARTED, state)
+        retrying(lambda: self._save(record, StepStatus.STARTED, state))
         # A step starts just before a model or tool call: wait without a pooled connection.
         release()
         record.result = state
@@ -91,11 +99,17 @@ class Journal:
     def complete(
         self, record: StepRecord, result: Any, also: Callable[[], None] | None = None
     ) -> None:
-        """Record a step's result; ``also`` runs in the same transaction (usage, say)."""
-        with transaction.atomic():
-            self._save(record, StepStatus.COMPLETED, result, finished_at=timezone.now())
-            if also is not None:
-                also()
+        """Record a step's result; ``also`` runs in the same transaction (usage, say).
+
+        Retried whole on a lost connection (the step row is written idempotently)."""
+
+        def write() -> None:
+            with transaction.atomic():
+                self._save(record, StepStatus.COMPLETED, result, finished_at=timezone.now())
+                if also is not None:
+                    also()
+
+        retrying(write)
         release()
         record.completed = True
         record.result = result

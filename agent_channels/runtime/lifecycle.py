@@ -16,6 +16,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from agent_channels.channel.connections import retrying
 from agent_channels.channel.log import EventDraft, append
 from agent_channels.conf import get_config
 from agent_channels.models import Channel, Event, Run, RunStatus
@@ -104,8 +105,12 @@ def claim(run_id: Any) -> tuple[Run, bool] | None:
 
     None means there is nothing to do here: the run is finished, another worker holds
     it and is alive, or another run of its channel is still active (it starts later).
-    ``recovering`` means its previous worker died mid-run.
+    ``recovering`` means its previous worker died mid-run. Retried on a lost connection.
     """
+    return retrying(lambda: _claim(run_id))
+
+
+def _claim(run_id: Any) -> tuple[Run, bool] | None:
     config = get_config()
     now = timezone.now()
     stale = now - timedelta(seconds=config["STALE_AFTER_SECONDS"])
@@ -118,10 +123,15 @@ def claim(run_id: Any) -> tuple[Run, bool] | None:
             # The channel row lock serialises claims of one channel's runs: two workers
             # cannot both see "nothing running" and start two runs side by side.
             list(Channel.objects.select_for_update().filter(pk=run.channel_id).values_list("pk"))
-            others = Run.objects.filter(channel_id=run.channel_id).exclude(pk=run.pk)
+            # One query: an active run, or one queued before this one (starts first).
             busy = (
-                others.filter(status__in=[RunStatus.RUNNING, RunStatus.WAITING]).exists()
-                or others.filter(status=RunStatus.QUEUED, created_at__lt=run.created_at).exists()
+                Run.objects.filter(channel_id=run.channel_id)
+                .exclude(pk=run.pk)
+                .filter(
+                    Q(status__in=[RunStatus.RUNNING, RunStatus.WAITING])
+                    | Q(status=RunStatus.QUEUED, created_at__lt=run.created_at)
+                )
+                .exists()
             )
             if busy:
                 return None
@@ -186,7 +196,13 @@ def _finish_locked(run: Run, channel: str, status: str, data: dict[str, Any]) ->
 
 
 def finish(run_id: Any, status: str, data: dict[str, Any], *, only_if_mine: bool = True) -> bool:
-    """End a run with a terminal status and event; False if it was no longer ours."""
+    """End a run with a terminal status and event; False if it was no longer ours.
+
+    Retried on a lost connection (a retry after a commit finds the run ended: False)."""
+    return retrying(lambda: _finish(run_id, status, data, only_if_mine))
+
+
+def _finish(run_id: Any, status: str, data: dict[str, Any], only_if_mine: bool) -> bool:
     with transaction.atomic():
         run = Run.objects.select_for_update().select_related("channel").filter(pk=run_id).first()
         if run is None or not run.is_active:
@@ -198,6 +214,10 @@ def finish(run_id: Any, status: str, data: dict[str, Any], *, only_if_mine: bool
 
 
 def set_waiting(run_id: Any, data: dict[str, Any]) -> bool:
+    return retrying(lambda: _set_waiting(run_id, data))
+
+
+def _set_waiting(run_id: Any, data: dict[str, Any]) -> bool:
     with transaction.atomic():
         run = Run.objects.select_for_update().select_related("channel").filter(pk=run_id).first()
         if run is None or run.status != RunStatus.RUNNING or run.worker != worker_id():
@@ -211,8 +231,10 @@ def set_waiting(run_id: Any, data: dict[str, Any]) -> bool:
 def take_back(run_id: Any) -> bool:
     """Waiting → running again in this process (the input arrived before anyone resumed it)."""
     return bool(
-        Run.objects.filter(pk=run_id, status=RunStatus.WAITING, worker=worker_id()).update(
-            status=RunStatus.RUNNING, heartbeat_at=timezone.now()
+        retrying(
+            lambda: Run.objects.filter(
+                pk=run_id, status=RunStatus.WAITING, worker=worker_id()
+            ).update(status=RunStatus.RUNNING, heartbeat_at=timezone.now())
         )
     )
 

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+import logging
+from collections.abc import Callable
+from inspect import iscoroutinefunction
+from typing import Any, TypeVar
 
 from django.http import HttpRequest, JsonResponse
 
 from agent_channels.access import get_access_policy
+from agent_channels.channel.connections import TRANSIENT_ERRORS
 from agent_channels.conf import get_config
 from agent_channels.models import Channel
 from agent_channels.ws.frames import FrameError
 
-__all__ = ["check_read", "check_send", "error", "int_param", "json_body"]
+__all__ = [
+    "check_read",
+    "check_send",
+    "error",
+    "int_param",
+    "json_body",
+    "unavailable",
+    "unavailable_on_database_errors",
+]
+
+logger = logging.getLogger(__name__)
+
+#: What ``Retry-After`` says while the database is away: a blip is usually over by then.
+RETRY_AFTER_SECONDS = 2
+
+V = TypeVar("V", bound=Callable[..., Any])
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> JsonResponse:
@@ -71,3 +91,38 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise FrameError("invalid_body", "The body must be a JSON object.")
     return body
+
+
+def unavailable() -> JsonResponse:
+    """503 ``unavailable`` with ``Retry-After``: the database is away for the moment."""
+    response = error(503, "unavailable", "The server cannot reach its database; try again shortly.")
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def unavailable_on_database_errors(view: V) -> V:
+    """Answer a lost database connection with :func:`unavailable`, not a 500 HTML page.
+
+    The session and the user are loaded lazily, inside the view, so this covers them too.
+    """
+    if iscoroutinefunction(view):
+
+        @functools.wraps(view)
+        async def guarded_async(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await view(request, *args, **kwargs)
+            except TRANSIENT_ERRORS as exc:
+                logger.warning("agent_channels: %s answered 503: %s", request.path, exc)
+                return unavailable()
+
+        return guarded_async  # type: ignore[return-value]
+
+    @functools.wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(request, *args, **kwargs)
+        except TRANSIENT_ERRORS as exc:
+            logger.warning("agent_channels: %s answered 503: %s", request.path, exc)
+            return unavailable()
+
+    return guarded  # type: ignore[return-value]

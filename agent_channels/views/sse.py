@@ -34,6 +34,7 @@ from agent_channels.models import Channel
 from agent_channels.views import events as json_events
 from agent_channels.views.http import error as _error
 from agent_channels.ws.backpressure import find_transport, pending_bytes
+from agent_channels.ws.refresh import track, untrack
 
 __all__ = [
     "TRANSPORT_SCOPE_KEY",
@@ -155,12 +156,23 @@ class EventStream:
         self.layer = get_channel_layer(self.config["CHANNEL_LAYER"])
         self.channel_id: int | None = None
         self.known_last = sent
+        # What the group refresher (agent_channels.ws.refresh) needs to keep it in its group.
+        self.channel = name
+        self.channel_layer = self.layer
+        self.channel_name = ""
+        self.group: str | None = None
+
+    def heads_known(self, last_seq: int) -> None:
+        """From the group refresher: the log's newest seq (read on the next wake-up)."""
+        self.known_last = max(self.known_last, last_seq)
 
     async def run(self) -> AsyncIterator[str]:
         group = event_group(self.name)
         reply_channel = await self.layer.new_channel() if self.layer is not None else None
         if reply_channel is not None:
             await self.layer.group_add(group, reply_channel)
+            self.channel_name, self.group = reply_channel, group
+            track(self)
         try:
             # EventSource reconnects after this many ms; the first bytes also flush headers.
             label = json.dumps(self.name, ensure_ascii=True)
@@ -168,6 +180,7 @@ class EventStream:
             async for chunk in self._events(reply_channel):
                 yield chunk
         finally:
+            untrack(self)
             if reply_channel is not None:
                 await self.layer.group_discard(group, reply_channel)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["find_transport", "pending_bytes"]
+__all__ = ["find_transport", "pending_bytes", "server_send"]
 
 
 def find_transport(send: Any) -> Any:
@@ -31,6 +31,22 @@ def find_transport(send: Any) -> Any:
             return None
         send = inner
     return None
+
+
+def server_send(send: Any) -> Any:
+    """The server's own ``send`` behind channels' session wrapper, for frames after accept.
+
+    The wrapper looks at the session on every message to save it on responses and accepts;
+    a ``websocket.send`` never saves anything, and on a replay of thousands of events those
+    lookups show. Returns ``send`` itself when there is no such wrapper.
+    """
+    for _ in range(8):
+        owner = getattr(send, "__self__", None)
+        inner = getattr(owner, "real_send", None)
+        if inner is None:
+            return send
+        send = inner
+    return send
 
 
 def pending_bytes(transport: Any) -> int | None:

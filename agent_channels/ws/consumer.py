@@ -21,18 +21,20 @@ from django.contrib.auth import get_user
 from django.db import close_old_connections
 
 from agent_channels.access import get_access_policy
+from agent_channels.channel.connections import TRANSIENT_ERRORS
 from agent_channels.channel.control import asend_control
 from agent_channels.channel.names import InvalidChannelName, event_group, validate_name
 from agent_channels.channel.presence import PresenceTracker, wants_presence
 from agent_channels.channel.wire import EVENTS_MESSAGE, register_server_loop
 from agent_channels.conf import get_config
 from agent_channels.ws import close_codes
-from agent_channels.ws.backpressure import find_transport
+from agent_channels.ws.backpressure import find_transport, server_send
 from agent_channels.ws.frames import CONTROL_TYPES, FrameError, parse_client_frame
 from agent_channels.ws.origins import origin_allowed
 from agent_channels.ws.pump import Head, HistoryPruned, Pump, dumps, read_head
 from agent_channels.ws.ratelimit import TokenBucket
 from agent_channels.ws.sockets import SocketSlots
+from agent_channels.ws.refresh import track, untrack
 
 __all__ = ["ChannelConsumer"]
 
@@ -58,6 +60,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.recheck_task: asyncio.Task[None] | None = None
         self.revoked = False
         self.slots = SocketSlots()
+        self._server_send: Any = None
 
     async def connect(self) -> None:
         register_server_loop(asyncio.get_running_loop())
@@ -116,6 +119,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.group = event_group(self.channel)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        self._server_send = server_send(self.base_send)
         channel_id, last_seq, pruned_seq = await self._head()
         if since is not None and since < pruned_seq:
             return await self._fail(
@@ -153,8 +157,10 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             self.config,
             self._send_text,
             find_transport(self.base_send),
+            batch=self._flag("batch"),
         )
         self.pump_task = asyncio.create_task(self._run_pump(self.pump))
+        track(self)
         if wants_presence(self.scope):
             tracker = PresenceTracker(
                 self.channel, self.channel_name, self.user, self.can_send, self._send_text
@@ -164,9 +170,15 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if interval > 0:
             self.recheck_task = asyncio.create_task(self._recheck_every(interval))
 
+    def _query(self) -> dict[str, list[str]]:
+        return parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+
+    def _flag(self, name: str) -> bool:
+        """An opt-in query parameter: ``?batch=1``."""
+        return self._query().get(name, [""])[-1] in ("1", "true")
+
     def _since(self) -> int | None:
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        values = query.get("since")
+        values = self._query().get("since")
         if not values:
             return None
         value = values[-1]
@@ -262,7 +274,9 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.close(code)
 
     async def _send_text(self, text: str) -> None:
-        await self.send(text_data=text)
+        # Straight to the server, past AsyncWebsocketConsumer.send and the session wrapper:
+        # the pump calls this once per event on replay, where each layer shows.
+        await (self._server_send or self.base_send)({"type": "websocket.send", "text": text})
 
     async def _run_pump(self, pump: Pump) -> None:
         try:
@@ -276,6 +290,13 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 f"Events up to seq {exc.pruned_seq} were pruned while you were behind.",
                 first_seq=exc.pruned_seq + 1,
             )
+        except TRANSIENT_ERRORS:
+            logger.warning("agent_channels: pump for %r lost the database", self.channel)
+            await self._fail(
+                close_codes.INTERNAL_ERROR,
+                "unavailable",
+                "The server cannot reach its database; reconnect with since=<last seq>.",
+            )
         except Exception:
             logger.exception("agent_channels: pump for %r failed", self.channel)
             await self._fail(
@@ -284,7 +305,13 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 "The server failed; reconnect with since=<last seq>.",
             )
 
+    def heads_known(self, last_seq: int) -> None:
+        """From the group refresher: the log's newest seq (the layer may have lost some)."""
+        if self.pump is not None and last_seq > self.pump.known_last:
+            self.pump.announce(last_seq, last_seq, None)
+
     def _stop_pump(self) -> None:
+        untrack(self)
         tasks = (self.pump_task, self.presence_task, self.recheck_task)
         for task in tasks:
             if task is not None and task is not asyncio.current_task():

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 
-from agent_channels.channel.log import read
+from agent_channels.channel.connections import TRANSIENT_ERRORS
+from agent_channels.channel.log import read_frames
 from agent_channels.models import Channel
 from agent_channels.ws.backpressure import pending_bytes
 
@@ -26,9 +28,13 @@ __all__ = ["Head", "HistoryPruned", "Pump", "read_head"]
 logger = logging.getLogger(__name__)
 
 _BACKLOG_POLL_SECONDS = 0.05
+#: A batched replay message (``?batch=1``) holds events up to about this many bytes.
+BATCH_BYTES = 64 * 1024
 
 #: ``(channel id or None, last seq, pruned seq)`` of a channel.
 Head = tuple[int | None, int, int]
+
+T = TypeVar("T")
 
 
 def dumps(frame: dict[str, Any]) -> str:
@@ -65,6 +71,7 @@ class Pump:
         config: dict[str, Any],
         send: Callable[[str], Awaitable[None]],
         transport: Any,
+        batch: bool = False,
     ) -> None:
         self.channel = channel
         self.channel_id = channel_id
@@ -73,6 +80,8 @@ class Pump:
         self.config = config
         self._send = send
         self._transport = transport
+        #: The client asked for replay as ``{"type": "events", "events": [...]}`` messages.
+        self.batch = batch
         self.cache: dict[int, str] = {}
         self.wake = asyncio.Event()
         self.wake.set()
@@ -92,6 +101,25 @@ class Pump:
             self.known_last = last
         self.check_head = True
         self.wake.set()
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a thread; a lost database connection is retried, not fatal.
+
+        For ``DB_RETRY_SECONDS``: the socket stays open through a database blip and carries
+        on where it was, instead of closing and being refused on reconnect meanwhile.
+        """
+        deadline = time.monotonic() + float(self.config["DB_RETRY_SECONDS"])
+        delay = 0.1
+        while True:
+            try:
+                result: T = await database_sync_to_async(fn)(*args)
+                return result
+            except TRANSIENT_ERRORS:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("agent_channels: reading %r failed; retrying", self.channel)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def backlogged(self) -> bool:
         pending = pending_bytes(self._transport)
@@ -138,7 +166,7 @@ class Pump:
                 await asyncio.wait_for(self.wake.wait(), quiet)
             except TimeoutError:
                 self.check_head = False
-                _, head, _ = await read_head(self.channel)
+                _, head, _ = await self._db(_read_head_sync, self.channel)
                 if head > self.known_last:
                     self.known_last = head
                     self.wake.set()
@@ -146,18 +174,43 @@ class Pump:
 
     async def _send_from_log(self) -> None:
         if self.channel_id is None:
-            self.channel_id, _, _ = await read_head(self.channel)
+            self.channel_id, _, _ = await self._db(_read_head_sync, self.channel)
         assert self.channel_id is not None
-        events = await database_sync_to_async(read)(
-            self.channel_id, self.sent, self.known_last, self.config["REPLAY_BATCH_SIZE"]
+        frames = await self._db(
+            read_frames,
+            self.channel_id,
+            self.sent,
+            self.known_last,
+            self.config["REPLAY_BATCH_SIZE"],
         )
-        if not events or events[0].seq != self.sent + 1:
-            _, _, pruned_seq = await read_head(self.channel)
+        if not frames or frames[0][0] != self.sent + 1:
+            _, _, pruned_seq = await self._db(_read_head_sync, self.channel)
             raise HistoryPruned(pruned_seq)
-        for event in events:
-            await self._send(dumps(event.to_frame()))
-            self.sent = event.seq
+        if self.batch:
+            await self._send_batches(frames)
+        else:
+            send = self._send
+            for seq, text in frames:
+                await send(text)
+                self.sent = seq
+                if self.backlogged():
+                    break  # the pump waits for the client before reading further
+        if self.cache:
+            for seq in [s for s in self.cache if s <= self.sent]:
+                del self.cache[seq]
+
+    async def _send_batches(self, frames: list[tuple[int, str]]) -> None:
+        # One WebSocket message per ~BATCH_BYTES of events: framing and the client's
+        # per-message work are paid once per batch instead of once per event.
+        start, size = 0, 0
+        for index, (_seq, text) in enumerate(frames):
+            size += len(text) + 1
+            last = index == len(frames) - 1
+            if size < BATCH_BYTES and not last:
+                continue
+            chunk = frames[start : index + 1]
+            await self._send('{"type":"events","events":[' + ",".join(t for _, t in chunk) + "]}")
+            self.sent = chunk[-1][0]
+            start, size = index + 1, 0
             if self.backlogged():
-                break  # the pump waits for the client before reading further
-        for seq in [s for s in self.cache if s <= self.sent]:
-            del self.cache[seq]
+                return  # the pump waits for the client before reading further

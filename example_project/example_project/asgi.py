@@ -10,7 +10,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from agent_channels.routing import websocket_urlpatterns  # noqa: E402
+from agent_channels.routing import UnavailableMiddleware, websocket_urlpatterns  # noqa: E402
 from agent_channels.views.sse import expose_transport  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -19,6 +19,6 @@ application = ProtocolTypeRouter(
         # daphne buffer without bound.
         "http": expose_transport(django_asgi_app),
         # Origin checks happen in the consumer (against ALLOWED_HOSTS), so no wrapper here.
-        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        "websocket": UnavailableMiddleware(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -298,6 +298,14 @@
           return refill(frame.seq - 1).then(() => accept(frame));
         }
         accept(frame);
+      } else if (frame.type === "events" && Array.isArray(frame.events)) {
+        // Catch-up in batches (?batch=1): the same event frames, several per message.
+        let queued;
+        for (const event of frame.events) {
+          // In order; only once a hole needs a refill do the rest wait for it.
+          queued = queued ? queued.then(() => handle(event)) : handle(event);
+        }
+        return queued;
       } else if (frame.type === "ack" || (frame.type === "error" && pending.has(frame.id))) {
         const waiter = pending.get(frame.id);
         pending.delete(frame.id);
@@ -318,7 +326,7 @@
       retryTimer = null;
       if (closed) return;
       setState(attempt ? STATES.reconnecting : STATES.connecting, attempt ? "reconnecting" : "connecting");
-      const url = `${socketUrl}?presence=1${lastSeq === null ? "" : `&since=${lastSeq}`}`;
+      const url = `${socketUrl}?presence=1&batch=1${lastSeq === null ? "" : `&since=${lastSeq}`}`;
       const ws = new WebSocket(url);
       socket = ws;
       ws.onmessage = (message) => {
