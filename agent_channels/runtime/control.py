@@ -352,8 +352,9 @@ class ControlListener:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.warning("agent_channels: re-joining the control groups failed; retrying",
-                               exc_info=True)
+                logger.warning(
+                    "agent_channels: re-joining the control groups failed; retrying", exc_info=True
+                )
                 lost.set()
                 await asyncio.sleep(0.5)
 

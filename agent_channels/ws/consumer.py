@@ -33,8 +33,8 @@ from agent_channels.ws.frames import CONTROL_TYPES, FrameError, parse_client_fra
 from agent_channels.ws.origins import origin_allowed
 from agent_channels.ws.pump import Head, HistoryPruned, Pump, dumps, read_head
 from agent_channels.ws.ratelimit import TokenBucket
-from agent_channels.ws.sockets import SocketSlots
 from agent_channels.ws.refresh import track, untrack
+from agent_channels.ws.sockets import SocketSlots
 
 __all__ = ["ChannelConsumer"]
 
