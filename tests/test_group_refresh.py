@@ -84,6 +84,24 @@ def test_control_the_layer_lost_is_read_from_the_log():
         unregister_inbox(inbox)
 
 
+def test_a_live_message_that_overtook_a_lost_one_does_not_hide_it():
+    from agent_channels.runtime.control import ControlMessage
+
+    append("overtaken", [EventDraft("run.started", {})])
+    inbox = Inbox("overtaken", after_seq=1)
+    register_inbox(inbox)
+    try:
+        lost, live = append("overtaken", [EventDraft("client.interrupt", {"data": "first"}),
+                                          EventDraft("client.interrupt", {"data": "second"})])
+        # The layer dropped the first; the second arrived live before any catch-up.
+        assert inbox.deliver(ControlMessage(kind="interrupt", seq=live.seq, data="second"))
+        assert catch_up_all() == 1
+        assert [m.data for m in inbox.interrupts] == ["second", "first"]
+        assert inbox.last_seq == live.seq and catch_up_all() == 0
+    finally:
+        unregister_inbox(inbox)
+
+
 # -- a real Redis that loses everything under a running run --------------------------------
 
 

@@ -72,7 +72,11 @@ class Inbox:
 
     def __init__(self, channel: str, after_seq: int) -> None:
         self.channel = channel
+        #: The log has been read through this seq: every control event up to it was seen.
         self.last_seq = after_seq
+        #: Seqs above ``last_seq`` that arrived live. A live message can overtake one the
+        #: layer lost, so a high-water mark alone would make the catch-up drop the lost one.
+        self._seen: set[int] = set()
         self.wakeup = threading.Event()
         self._lock = threading.Lock()
         self.cancel: ControlMessage | None = None
@@ -83,9 +87,9 @@ class Inbox:
 
     def deliver(self, message: ControlMessage) -> bool:
         with self._lock:
-            if message.seq <= self.last_seq:
+            if message.seq <= self.last_seq or message.seq in self._seen:
                 return False
-            self.last_seq = message.seq
+            self._seen.add(message.seq)
             if message.kind == "cancel":
                 self.cancel = message
             elif message.kind == "supersede":
@@ -104,6 +108,14 @@ class Inbox:
             except Exception:
                 logger.exception("agent_channels: control listener failed")
         return True
+
+    def read_through(self, seq: int) -> None:
+        """The log was read up to ``seq``; seqs commit in order per channel, so no control
+        event at or below it can still appear."""
+        with self._lock:
+            if seq > self.last_seq:
+                self.last_seq = seq
+                self._seen = {seen for seen in self._seen if seen > seq}
 
     def on_message(self, listener: Callable[[ControlMessage], None]) -> Callable[[], None]:
         """Call ``listener`` from the delivering thread; returns a function that removes it."""
@@ -174,6 +186,7 @@ def catch_up(inbox: Inbox, channel_id: int) -> None:
 
 
 def _deliver_events(inbox: Inbox, events: Iterable[Event]) -> None:
+    newest = 0
     for event in events:
         data = event.data if isinstance(event.data, dict) else {}
         inbox.deliver(
@@ -184,6 +197,8 @@ def _deliver_events(inbox: Inbox, events: Iterable[Event]) -> None:
                 id=data.get("id"),
             )
         )
+        newest = event.seq
+    inbox.read_through(newest)
 
 
 def catch_up_all() -> int:
@@ -208,6 +223,7 @@ def catch_up_all() -> int:
         .values_list("channel__name", "seq", "name", "data")
     )
     delivered = 0
+    newest: dict[str, int] = {}
     for channel, seq, name, data in rows:
         payload = data if isinstance(data, dict) else {}
         delivered += deliver_local(
@@ -219,6 +235,11 @@ def catch_up_all() -> int:
                 "id": payload.get("id"),
             }
         )
+        newest[channel] = seq
+    with _inboxes_lock:
+        read = [(inbox, newest[name]) for name in newest for inbox in _inboxes.get(name, ())]
+    for inbox, seq in read:
+        inbox.read_through(seq)
     return delivered
 
 
