@@ -96,7 +96,8 @@ def test_a_live_message_that_overtook_a_lost_one_does_not_hide_it():
         # The layer dropped the first; the second arrived live before any catch-up.
         assert inbox.deliver(ControlMessage(kind="interrupt", seq=live.seq, data="second"))
         assert catch_up_all() == 1
-        assert [m.data for m in inbox.interrupts] == ["second", "first"]
+        assert [(m.seq, m.data) for m in inbox.interrupts] == [(live.seq, "second"),
+                                                              (lost.seq, "first")]
         assert inbox.last_seq == live.seq and catch_up_all() == 0
     finally:
         unregister_inbox(inbox)
