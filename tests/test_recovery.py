@@ -63,3 +63,82 @@ def test_the_reaper_takes_back_a_dead_neighbours_run_before_its_heartbeat_is_sta
     running(lifecycle.worker_id())
     assert lifecycle.reap() == 1
     assert enqueued == [str(dead.pk)]
+
+
+# -- one reaper at a time, each run re-sent once per staleness window -------------------------
+
+_REAP_IN_CHILD = """
+import django, time
+django.setup()
+from agent_channels.runtime import lifecycle
+sent = []
+
+class Recorder:
+    def enqueue(self, run_id):
+        sent.append(run_id)
+
+lifecycle.get_backend = Recorder
+time.sleep(max(0.0, {start} - time.time()))  # both processes reap at the same moment
+for _ in range(3):
+    lifecycle.reap()
+print("SENT", " ".join(sent))
+"""
+
+
+def _lost_queued_runs(count: int) -> list[Run]:
+    old = timezone.now() - timedelta(minutes=5)
+    runs = []
+    for i in range(count):
+        channel = Channel.objects.create(name=f"reap-once-{i}")
+        run = Run.objects.create(channel=channel, agent="echo", status=RunStatus.QUEUED)
+        Run.objects.filter(pk=run.pk).update(created_at=old, enqueued_at=old)
+        runs.append(run)
+    return runs
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reapers_in_two_processes_resend_each_lost_run_once():
+    import time
+
+    from .procs import child_env
+
+    runs = _lost_queued_runs(5)
+    code = _REAP_IN_CHILD.format(start=time.time() + 3.0)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=child_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(2)
+    ]
+    sent: list[str] = []
+    for child in children:
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        line = next(x for x in out.splitlines() if x.startswith("SENT"))
+        sent += line.split()[1:]
+    assert sorted(sent) == sorted(str(r.pk) for r in runs)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_pass_within_the_window_resends_nothing(monkeypatch):
+    enqueued: list[str] = []
+
+    class Recorder:
+        def enqueue(self, run_id: str) -> None:
+            enqueued.append(run_id)
+
+    monkeypatch.setattr(lifecycle, "get_backend", Recorder)
+    runs = _lost_queued_runs(2)
+    dead = Run.objects.create(
+        channel=Channel.objects.create(name="reap-once-dead"), agent="echo",
+        status=RunStatus.RUNNING, worker="elsewhere~1:1:abcd1234",
+        heartbeat_at=timezone.now() - timedelta(minutes=5),
+    )
+    assert lifecycle.reap() == 3
+    assert lifecycle.reap() == 0
+    assert sorted(enqueued) == sorted(str(r.pk) for r in [*runs, dead])
+    # After the window the task counts as lost again and is sent once more.
+    Run.objects.update(enqueued_at=timezone.now() - timedelta(minutes=1))
+    assert lifecycle.reap() == 3
+    assert len(enqueued) == 6
