@@ -80,6 +80,13 @@ DEFAULTS: dict[str, Any] = {
     "DOUBLE_TEXTING": "reject",
     # Seconds a run may take from its first start before it fails; a run may set its own.
     "RUN_TIME_LIMIT": 3600,
+    # Seconds one tool call may take before the model gets a time-limit error as its result
+    # (@tool(time_limit=...) overrides it; None: only the run's limit). docs/runtime.rst says
+    # why an overrunning tool's thread is abandoned, not killed.
+    "TOOL_TIME_LIMIT": 60.0,
+    # Celery's soft and hard time limits of a run's task: the run's remaining time plus this
+    # margin (soft), and twice it (hard: the worker child is killed and replaced).
+    "CELERY_TIME_LIMIT_MARGIN": 30.0,
     # A worker proves its runs are alive this often (one UPDATE per process per beat)...
     "HEARTBEAT_SECONDS": 1.5,
     # ...and a running run whose heartbeat is older than this is presumed dead and restarted

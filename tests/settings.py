@@ -101,6 +101,10 @@ AGENT_CHANNELS = {
         "listener": "tests.agents.listener",
         "steps": "tests.agents.steps",
         "poller": "tests.agents.poller",
+        "slow_tool": "tests.agents.slow_tool",
+        "runaway": "tests.agents.runaway",
+        "stubborn": "tests.agents.stubborn",
+        "long_answer": "tests.agents.long_answer",
     },
     # Integration tests run Celery workers with AGCH_RUN_BACKEND=celery; unit tests run
     # in-process.

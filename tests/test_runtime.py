@@ -284,6 +284,27 @@ def test_a_tool_result_no_database_stores_is_a_tool_error_not_a_failed_run(llm, 
     assert "cannot be stored" in run.output
 
 
+def test_a_tool_that_overruns_its_deadline_is_a_tool_error_the_model_sees(llm):
+    import time
+
+    started = time.monotonic()
+    run = finished(start_run("tool-slow", "slow_tool", {"prompt": "calculate 30"}), 10)
+    assert time.monotonic() - started < 8  # not the tool's 30 s
+    assert run.status == RunStatus.COMPLETED, run.error
+    tool = events("tool-slow", "tool.completed")[0].data
+    assert tool["ok"] is False and tool["result"]["code"] == "tool_time_limit"
+    assert "time limit of 0.5 s" in run.output
+
+
+def test_a_cancel_does_not_wait_for_a_running_tool(llm):
+    run = start_run("tool-cancel", "slow_tool", {"prompt": "calculate 60", "limit": 30})
+    wait_for(lambda: events("tool-cancel", "tool.started"))
+    send_control("tool-cancel", "cancel", None)
+    finished(run, 10)  # not the tool's 60 s nor its 30 s deadline
+    assert run.status == RunStatus.CANCELLED
+    assert not events("tool-cancel", "tool.completed")
+
+
 def test_a_replay_that_takes_different_steps_fails_clearly():
     run = finished(start_run("nondet", "steps"))
     Step.objects.filter(run=run, index=0).update(kind="model")
