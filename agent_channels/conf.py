@@ -87,6 +87,9 @@ DEFAULTS: dict[str, Any] = {
     # Celery's soft and hard time limits of a run's task: the run's remaining time plus this
     # margin (soft), and twice it (hard: the worker child is killed and replaced).
     "CELERY_TIME_LIMIT_MARGIN": 30.0,
+    # Interrupts (and inputs) a running run holds in memory before it takes them; past this a
+    # message is refused with a control.rejected event (code "control_queue_full").
+    "MAX_PENDING_CONTROL": 64,
     # A worker proves its runs are alive this often (one UPDATE per process per beat)...
     "HEARTBEAT_SECONDS": 1.5,
     # ...and a running run whose heartbeat is older than this is presumed dead and restarted

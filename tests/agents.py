@@ -65,6 +65,13 @@ def runaway(ctx: RunContext, input: Any) -> Any:
     return None
 
 
+def deaf(ctx: RunContext, input: Any) -> Any:
+    """Busy for ``input["seconds"]`` without taking any interrupt."""
+    ctx.emit("custom.running", {})
+    time.sleep(float(input["seconds"]))
+    return None
+
+
 def stubborn(ctx: RunContext, input: Any) -> Any:
     """Swallows Celery's soft time limit too: only killing its process stops it."""
     ctx.emit("custom.running", {})

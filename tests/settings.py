@@ -104,6 +104,7 @@ AGENT_CHANNELS = {
         "slow_tool": "tests.agents.slow_tool",
         "runaway": "tests.agents.runaway",
         "stubborn": "tests.agents.stubborn",
+        "deaf": "tests.agents.deaf",
         "long_answer": "tests.agents.long_answer",
     },
     # Integration tests run Celery workers with AGCH_RUN_BACKEND=celery; unit tests run

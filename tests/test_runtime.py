@@ -305,6 +305,19 @@ def test_a_cancel_does_not_wait_for_a_running_tool(llm):
     assert not events("tool-cancel", "tool.completed")
 
 
+def test_a_run_holds_a_bounded_number_of_pending_interrupts_and_says_which_it_refused(settings):
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "MAX_PENDING_CONTROL": 3}
+    run = start_run("deaf", "deaf", {"seconds": 3})
+    wait_for(lambda: events("deaf", "custom.running"))
+    for i in range(5):
+        send_control("deaf", "interrupt", {"n": i}, frame_id=f"f{i}")
+    rejected = wait_for(lambda: events("deaf", "control.rejected") if len(
+        events("deaf", "control.rejected")) == 2 else None)
+    assert [e.data["id"] for e in rejected] == ["f3", "f4"]
+    assert {e.data["code"] for e in rejected} == {"control_queue_full"}
+    finished(run)
+
+
 def test_a_replay_that_takes_different_steps_fails_clearly():
     run = finished(start_run("nondet", "steps"))
     Step.objects.filter(run=run, index=0).update(kind="model")
