@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "ALLOWED_ORIGINS": None,
     # Largest client frame accepted, in bytes of JSON text.
     "MAX_CLIENT_FRAME_BYTES": 64 * 1024,
+    # The largest WebSocket message the server accepts (daphne: --websocket-max-message-size,
+    # 1 MiB by default); bigger ones it drops, closing the socket. Check W020 compares the two.
+    "SERVER_MAX_MESSAGE_BYTES": 1024 * 1024,
     # Client frames per second a connection may send (token bucket) and the burst it may save up.
     "CLIENT_RATE": 10.0,
     "CLIENT_BURST": 20,
