@@ -46,6 +46,13 @@ DEFAULTS: dict[str, Any] = {
     "SEND_BUFFER_BYTES": 1024 * 1024,
     # Live frames larger than this travel as a notification only; consumers read them from the log.
     "MAX_WIRE_FRAME_BYTES": 32 * 1024,
+    # Events whose frame is larger than this reach WebSocket and SSE followers as a placeholder
+    # {"too_large": true, "url": ...} to read over HTTP: a message over a client's limit
+    # (1 MiB in many) would close its socket again at every resume. 0 sends every frame whole.
+    "MAX_SENT_FRAME_BYTES": 512 * 1024,
+    # The largest event data accepted at publish time, in bytes of JSON; larger is refused
+    # with InvalidEvent (a tool result: a tool error the model sees). 0: no limit.
+    "MAX_EVENT_BYTES": 16 * 1024 * 1024,
     # After live events stop for this long, a connection asks the log once for the newest
     # seq, so a tail the layer dropped is not stuck until the next event. 0 turns it off.
     "HEAD_CHECK_MS": 500,

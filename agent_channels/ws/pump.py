@@ -18,6 +18,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from agent_channels.channel.log import read
+from agent_channels.channel.oversize import fit_frame
 from agent_channels.models import Channel
 from agent_channels.ws.backpressure import pending_bytes
 
@@ -109,7 +110,7 @@ class Pump:
                 self.behind = False
                 text = self.cache.pop(self.sent + 1, None)
                 if text is not None:
-                    await self._send(text)
+                    await self._send_event(text)
                     self.sent += 1
                     continue
                 await self._send_from_log()
@@ -144,6 +145,11 @@ class Pump:
                     self.wake.set()
         self.wake.clear()
 
+    async def _send_event(self, text: str) -> None:
+        # Over the limit, a placeholder pointing to the HTTP endpoint: a frame the client
+        # refuses would close the socket, and the client would resume at the same seq again.
+        await self._send(fit_frame(self.channel, text, self.config["MAX_SENT_FRAME_BYTES"]))
+
     async def _send_from_log(self) -> None:
         if self.channel_id is None:
             self.channel_id, _, _ = await read_head(self.channel)
@@ -155,7 +161,7 @@ class Pump:
             _, _, pruned_seq = await read_head(self.channel)
             raise HistoryPruned(pruned_seq)
         for event in events:
-            await self._send(dumps(event.to_frame()))
+            await self._send_event(dumps(event.to_frame()))
             self.sent = event.seq
             if self.backlogged():
                 break  # the pump waits for the client before reading further
