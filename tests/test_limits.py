@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 
 import pytest
@@ -119,8 +120,10 @@ def _sse_until_run_ends(daphne: Daphne, cookie: str, channel: str) -> list[dict]
     response = connection.getresponse()
     assert response.status == 200
     frames: list[dict] = []
+    deadline = time.monotonic() + 60
     try:
         while not frames or frames[-1]["event"] != "run.completed":
+            assert time.monotonic() < deadline, [f["event"] for f in frames]
             line = response.fp.readline(4 * 1024 * 1024)
             if line.startswith(b"data: "):
                 frames.append(json.loads(line[6:]))

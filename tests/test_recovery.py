@@ -19,6 +19,13 @@ def dead_pid() -> int:
     return child.pid
 
 
+@pytest.fixture(autouse=True)
+def _only_the_tests_reaper(settings):
+    # A monitor thread left running in this process would reap too, and one reaper at a
+    # time means the test's own pass could find nothing left to do.
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "REAP_EVERY_SECONDS": 0}
+
+
 def test_a_worker_of_this_machine_whose_process_exited_is_gone():
     assert worker_gone(f"{machine()}:{dead_pid()}:abcd1234")
 

@@ -192,6 +192,8 @@ def test_time_limit_fails_the_run():
 def test_the_reaper_restarts_a_run_whose_worker_died(settings):
     from agent_channels.runtime import lifecycle
 
+    # The monitor's own reaper would race this one (one reaper at a time: it gets 0).
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "REAP_EVERY_SECONDS": 0}
     run = finished(start_run("reap", "steps"))
     Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, heartbeat_at=None)
     assert lifecycle.reap() == 1
@@ -245,6 +247,7 @@ def test_the_reaper_enqueues_a_queued_run_whose_task_was_lost(settings):
 
     from agent_channels.runtime import lifecycle
 
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "REAP_EVERY_SECONDS": 0}
     run = finished(start_run("lost-task", "steps"))
     Run.objects.filter(pk=run.pk).update(
         status=RunStatus.QUEUED, created_at=timezone.now() - timedelta(minutes=5)
