@@ -294,7 +294,13 @@ def test_screenshot_of_the_example_channel_page(session_id, showcase_channel, se
     assert SCREENSHOT.stat().st_size > 10_000
 
 
-def test_an_event_too_large_for_the_socket_is_read_over_http(session_id, server, browser):
+@pytest.fixture
+def big_channel():
+    publish("browser:big", "run.queued", {"agent": "long_answer"})
+
+
+def test_an_event_too_large_for_the_socket_is_read_over_http(session_id, big_channel, server,
+                                                             browser):
     page = logged_in_page(browser, server, session_id)
     fetched = []
     page.on("request", lambda request: "/events/?since=" in request.url
