@@ -149,3 +149,23 @@ def test_a_second_pass_within_the_window_resends_nothing(monkeypatch):
     Run.objects.update(enqueued_at=timezone.now() - timedelta(minutes=1))
     assert lifecycle.reap() == 3
     assert len(enqueued) == 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_just_enqueued_is_not_sent_again_by_the_reaper(monkeypatch, django_user_model):
+    from agent_channels.runtime import start_run
+
+    enqueued: list[str] = []
+
+    class Recorder:
+        def enqueue(self, run_id: str) -> None:
+            enqueued.append(run_id)
+
+    monkeypatch.setattr(lifecycle, "get_backend", Recorder)
+    run = start_run("reap-fresh", "echo", 1)
+    run.refresh_from_db()
+    assert enqueued == [str(run.pk)] and run.enqueued_at is not None
+    # Old enough to look lost by its creation time, but its task was sent just now.
+    Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    assert lifecycle.reap() == 0
+    assert enqueued == [str(run.pk)]
