@@ -44,6 +44,15 @@ def unstorable_tool(ctx: RunContext, input: Any) -> Any:
     return ctx.chat([{"role": "user", "content": input["prompt"]}], tools=[overflow]).text
 
 
+def big_tool(ctx: RunContext, input: Any) -> Any:
+    """A tool whose result is as many bytes as the model asks for."""
+    from agent_channels.runtime import Tool
+
+    big = Tool("calculator", lambda expression: "x" * int(expression), "Returns x's.",
+               {"type": "object", "properties": {"expression": {"type": "string"}}})
+    return ctx.chat([{"role": "user", "content": input["prompt"]}], tools=[big]).text
+
+
 def slow_tool(ctx: RunContext, input: Any) -> Any:
     """A tool that takes as many seconds as the model asks for; deadline ``input["limit"]``."""
     from agent_channels.runtime import Tool

@@ -103,6 +103,7 @@ AGENT_CHANNELS = {
         "steps": "tests.agents.steps",
         "poller": "tests.agents.poller",
         "slow_tool": "tests.agents.slow_tool",
+        "big_tool": "tests.agents.big_tool",
         "runaway": "tests.agents.runaway",
         "stubborn": "tests.agents.stubborn",
         "deaf": "tests.agents.deaf",

@@ -287,6 +287,14 @@ def test_a_tool_result_no_database_stores_is_a_tool_error_not_a_failed_run(llm, 
     assert "cannot be stored" in run.output
 
 
+def test_a_tool_result_over_max_event_bytes_is_a_tool_error_not_a_failed_run(llm, settings):
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "MAX_EVENT_BYTES": 50_000}
+    run = finished(start_run("tool-big", "big_tool", {"prompt": "calculate 100000"}))
+    assert run.status == RunStatus.COMPLETED, run.error
+    tool = events("tool-big", "tool.completed")[0].data
+    assert tool["ok"] is False and "at most 50000 bytes" in tool["result"]["error"]
+
+
 def test_a_tool_that_overruns_its_deadline_is_a_tool_error_the_model_sees(llm):
     import time
 
