@@ -22,6 +22,8 @@ __all__ = [
     "check_access_recheck",
     "check_channel_layer",
     "check_database",
+    "check_frame_limits",
+    "check_persistent_connections",
     "check_quotas",
     "check_redis_timeouts",
     "check_settings",
@@ -332,3 +334,55 @@ def check_sse_keepalive(
             id="agent_channels.E005",
         )
     ]
+
+
+@register(Tags.compatibility)
+def check_frame_limits(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W020: client frames this app would accept that the server drops first."""
+    config = get_config()
+    ours, server = config["MAX_CLIENT_FRAME_BYTES"], config["SERVER_MAX_MESSAGE_BYTES"]
+    numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in (ours, server))
+    if not numbers or ours < server:
+        return []
+    return [
+        Warning(
+            f"MAX_CLIENT_FRAME_BYTES ({ours}) is not below the server's largest WebSocket "
+            f"message (SERVER_MAX_MESSAGE_BYTES = {server}): a frame between the two is "
+            "dropped by the server, which closes the socket (1009) without the too_large "
+            "error the client could act on.",
+            hint="Lower AGENT_CHANNELS['MAX_CLIENT_FRAME_BYTES'], or raise the server's limit "
+            "(daphne --websocket-max-message-size N, DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE under "
+            "runserver) and set SERVER_MAX_MESSAGE_BYTES to match.",
+            id="agent_channels.W020",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def check_persistent_connections(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W021: persistent database connections under an ASGI server, without a pool."""
+    if not getattr(settings, "ASGI_APPLICATION", None):
+        return []
+    messages: list[CheckMessage] = []
+    for alias, database in getattr(settings, "DATABASES", {}).items():
+        age = database.get("CONN_MAX_AGE", 0)
+        if "sqlite" in str(database.get("ENGINE", "")) or age == 0:
+            continue
+        if (database.get("OPTIONS") or {}).get("pool"):
+            continue  # Django refuses a pool with CONN_MAX_AGE anyway
+        messages.append(
+            Warning(
+                f"DATABASES[{alias!r}] keeps connections open (CONN_MAX_AGE = {age!r}) under "
+                "ASGI: every thread that serves a request or a WebSocket keeps one of its own "
+                "that nothing reuses, and a busy server exhausts max_connections.",
+                hint=f'Set DATABASES[{alias!r}]["CONN_MAX_AGE"] = 0 and '
+                f'DATABASES[{alias!r}]["OPTIONS"]["pool"] = {{"max_size": 10}} '
+                '(Django 5.1+, pip install "psycopg[pool]"); see the deployment docs.',
+                id="agent_channels.W021",
+            )
+        )
+    return messages

@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "ALLOWED_ORIGINS": None,
     # Largest client frame accepted, in bytes of JSON text.
     "MAX_CLIENT_FRAME_BYTES": 64 * 1024,
+    # The largest WebSocket message the server accepts (daphne: --websocket-max-message-size,
+    # 1 MiB by default); bigger ones it drops, closing the socket. Check W020 compares the two.
+    "SERVER_MAX_MESSAGE_BYTES": 1024 * 1024,
     # Client frames per second a connection may send (token bucket) and the burst it may save up.
     "CLIENT_RATE": 10.0,
     "CLIENT_BURST": 20,
@@ -65,6 +68,13 @@ DEFAULTS: dict[str, Any] = {
     "SEND_BUFFER_BYTES": 1024 * 1024,
     # Live frames larger than this travel as a notification only; consumers read them from the log.
     "MAX_WIRE_FRAME_BYTES": 32 * 1024,
+    # Events whose frame is larger than this reach WebSocket and SSE followers as a placeholder
+    # {"too_large": true, "url": ...} to read over HTTP: a message over a client's limit
+    # (1 MiB in many) would close its socket again at every resume. 0 sends every frame whole.
+    "MAX_SENT_FRAME_BYTES": 512 * 1024,
+    # The largest event data accepted at publish time, in bytes of JSON; larger is refused
+    # with InvalidEvent (a tool result: a tool error the model sees). 0: no limit.
+    "MAX_EVENT_BYTES": 16 * 1024 * 1024,
     # After live events stop for this long, a connection asks the log once for the newest
     # seq, so a tail the layer dropped is not stuck until the next event. 0 turns it off.
     "HEAD_CHECK_MS": 500,
@@ -106,6 +116,16 @@ DEFAULTS: dict[str, Any] = {
     "DOUBLE_TEXTING": "reject",
     # Seconds a run may take from its first start before it fails; a run may set its own.
     "RUN_TIME_LIMIT": 3600,
+    # Seconds one tool call may take before the model gets a time-limit error as its result
+    # (@tool(time_limit=...) overrides it; None: only the run's limit). docs/runtime.rst says
+    # why an overrunning tool's thread is abandoned, not killed.
+    "TOOL_TIME_LIMIT": 60.0,
+    # Celery's soft and hard time limits of a run's task: the run's remaining time plus this
+    # margin (soft), and twice it (hard: the worker child is killed and replaced).
+    "CELERY_TIME_LIMIT_MARGIN": 30.0,
+    # Interrupts (and inputs) a running run holds in memory before it takes them; past this a
+    # message is refused with a control.rejected event (code "control_queue_full").
+    "MAX_PENDING_CONTROL": 64,
     # A worker proves its runs are alive this often (one UPDATE per process per beat)...
     "HEARTBEAT_SECONDS": 1.5,
     # ...and a running run whose heartbeat is older than this is presumed dead and restarted

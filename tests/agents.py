@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -58,6 +59,64 @@ def unstorable_tool(ctx: RunContext, input: Any) -> Any:
                     "Returns the number it is given.",
                     {"type": "object", "properties": {"expression": {"type": "string"}}})
     return ctx.chat([{"role": "user", "content": input["prompt"]}], tools=[overflow]).text
+
+
+def big_tool(ctx: RunContext, input: Any) -> Any:
+    """A tool whose result is as many bytes as the model asks for."""
+    from agent_channels.runtime import Tool
+
+    big = Tool("calculator", lambda expression: "x" * int(expression), "Returns x's.",
+               {"type": "object", "properties": {"expression": {"type": "string"}}})
+    return ctx.chat([{"role": "user", "content": input["prompt"]}], tools=[big]).text
+
+
+def slow_tool(ctx: RunContext, input: Any) -> Any:
+    """A tool that takes as many seconds as the model asks for; deadline ``input["limit"]``."""
+    from agent_channels.runtime import Tool
+
+    def sleep(expression: str) -> str:
+        time.sleep(float(expression))
+        return "slept"
+
+    slow = Tool("calculator", sleep, "Sleeps.",
+                {"type": "object", "properties": {"expression": {"type": "string"}}},
+                time_limit=float(input.get("limit", 0.5)))
+    return ctx.chat([{"role": "user", "content": input["prompt"]}], tools=[slow]).text
+
+
+def runaway(ctx: RunContext, input: Any) -> Any:
+    """Never looks at its control or its deadline again: only the worker's limit stops it."""
+    ctx.emit("custom.running", {})
+    time.sleep(3600)
+    return None
+
+
+def deaf(ctx: RunContext, input: Any) -> Any:
+    """Busy for ``input["seconds"]`` without taking any interrupt."""
+    ctx.emit("custom.running", {})
+    time.sleep(float(input["seconds"]))
+    return None
+
+
+def stubborn(ctx: RunContext, input: Any) -> Any:
+    """Swallows Celery's soft time limit too: only killing its process stops it."""
+    ctx.emit("custom.running", {})
+    while True:
+        with contextlib.suppress(BaseException):  # the point: it will not stop
+            time.sleep(3600)
+
+
+def long_answer(ctx: RunContext, input: Any) -> Any:
+    """Streams an answer of ``input["bytes"]`` bytes and returns it as the run's output."""
+    size = int(input["bytes"])
+    chunk = "x" * 4096 + "\n"
+    with ctx.message() as message:
+        written = 0
+        while written < size:
+            piece = chunk[: size - written]
+            message.write(piece)
+            written += len(piece)
+    return {"text": message.text}
 
 
 def listener(ctx: RunContext, input: Any) -> Any:

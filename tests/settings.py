@@ -68,7 +68,8 @@ _sqlite_file = Path(tempfile.gettempdir()) / f"agch-tests-{RUN_ID}.sqlite3"
 DATABASES = {
     "default": database_from_url(POSTGRES_URL if DB_KIND == "postgres" else None, _sqlite_file)
 }
-DATABASES["default"]["CONN_MAX_AGE"] = 0
+# AGCH_CONN_MAX_AGE: only for measuring what persistent connections cost (tests/test_load.py).
+DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("AGCH_CONN_MAX_AGE", "0"))
 if DB_KIND == "postgres" and os.environ.get("AGCH_DB_POOL"):
     # Worker processes of the thread-pool tests: Django's psycopg pool of this many connections.
     DATABASES["default"]["OPTIONS"]["pool"] = {
@@ -111,6 +112,12 @@ AGENT_CHANNELS = {
         "listener": "tests.agents.listener",
         "steps": "tests.agents.steps",
         "poller": "tests.agents.poller",
+        "slow_tool": "tests.agents.slow_tool",
+        "big_tool": "tests.agents.big_tool",
+        "runaway": "tests.agents.runaway",
+        "stubborn": "tests.agents.stubborn",
+        "deaf": "tests.agents.deaf",
+        "long_answer": "tests.agents.long_answer",
     },
     # Integration tests run Celery workers with AGCH_RUN_BACKEND=celery; unit tests run
     # in-process.

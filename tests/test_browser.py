@@ -295,3 +295,27 @@ def test_screenshot_of_the_example_channel_page(session_id, showcase_channel, se
     assert len(shot) > 10_000
     if os.environ.get("AGCH_SCREENSHOTS") == "1":
         SCREENSHOT.write_bytes(shot)
+
+
+@pytest.fixture
+def big_channel():
+    publish("browser:big", "run.queued", {"agent": "long_answer"})
+
+
+def test_an_event_too_large_for_the_socket_is_read_over_http(session_id, big_channel, server,
+                                                             browser):
+    page = logged_in_page(browser, server, session_id)
+    fetched = []
+    page.on("request", lambda request: "/events/?since=" in request.url
+            and fetched.append(request.url))
+    page.goto(channel_url(server, "browser:big"))
+    wait_live(page)
+    size = 1_500_000  # the answer, its message.completed and run.completed are over 512 KiB
+    run = page.evaluate("document.querySelector('agent-channel')"
+                        f".startRun('long_answer', {{bytes: {size}}})")
+    assert run["status"] == "queued"
+    page.wait_for_selector("agent-channel .agch-run-status[data-status=completed]",
+                           timeout=30_000)
+    assert [len(text) for text in assistant_text(page)] == [size]
+    assert page.locator(".agch-message--repaired").count() == 0
+    assert len(fetched) >= 2, fetched  # message.completed and run.completed came by HTTP

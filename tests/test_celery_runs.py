@@ -226,6 +226,21 @@ def test_a_pool_child_killed_alone_is_replaced_and_its_run_resumes(workers, llm)
     assert int(run.worker.split(":")[1]) != child
 
 
+@pytest.mark.parametrize("workers", ["prefork"], indirect=True)
+@pytest.mark.parametrize("agent", ["runaway", "stubborn"])
+def test_celery_time_limits_reclaim_a_worker_whose_run_never_checks_its_deadline(
+    workers, settings, agent
+):
+    # The soft limit comes 1 s after the run's 1 s deadline, the hard limit 1 s later.
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "CELERY_TIME_LIMIT_MARGIN": 1.0}
+    workers()
+    run = start_run(f"celery-{agent}", agent, None, time_limit=1)
+    finished(run, 30)
+    assert run.status == RunStatus.FAILED and "time limit" in run.error
+    failed = Event.objects.get(run=run, name="run.failed")
+    assert failed.data["code"] == "time_limit"
+
+
 def test_double_texting_enqueue_and_interrupt_on_celery(workers):
     workers()
     first = start_run("dt", "demo", {"tokens": 100_000, "interval_ms": 2})

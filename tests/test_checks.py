@@ -13,6 +13,8 @@ from agent_channels.checks import (
     check_access_recheck,
     check_channel_layer,
     check_database,
+    check_frame_limits,
+    check_persistent_connections,
     check_settings,
 )
 from agent_channels.conf import DEFAULTS
@@ -365,7 +367,7 @@ def test_every_check_id_is_documented():
     )
     docs = (root / "docs" / "checks.rst").read_text(encoding="utf-8")
     check_ids = set(re.findall(r"agent_channels\.[EW]\d{3}", code))
-    assert len(check_ids) == 20  # + E110, E111, W110 (scale), E301, E302 (ownership, quotas)
+    assert len(check_ids) == 22  # + E110, E111, W110 (scale), E301, E302 (ownership, quotas), W020, W021 (limits)
     assert not [i for i in sorted(check_ids) if i not in docs]
 
 
@@ -426,3 +428,83 @@ def test_e004_the_suite_and_example_layer_configs_pass():
     assert sentinel["default"]["CONFIG"]["hosts"][0]["socket_timeout"] == 30
     with override_settings(CHANNEL_LAYERS=sentinel):
         assert agch_checks.check_redis_timeouts() == []
+
+
+# -- W020: client frames the server drops before the app can refuse them --------------------
+
+
+@pytest.mark.parametrize("ours", [1024 * 1024, 2 * 1024 * 1024])
+def test_w020_client_frame_limit_not_below_the_servers(ours):
+    with override_settings(AGENT_CHANNELS={"MAX_CLIENT_FRAME_BYTES": ours}):
+        assert check_frame_limits() == [
+            Warning(
+                f"MAX_CLIENT_FRAME_BYTES ({ours}) is not below the server's largest WebSocket "
+                "message (SERVER_MAX_MESSAGE_BYTES = 1048576): a frame between the two is "
+                "dropped by the server, which closes the socket (1009) without the too_large "
+                "error the client could act on.",
+                hint="Lower AGENT_CHANNELS['MAX_CLIENT_FRAME_BYTES'], or raise the server's "
+                "limit (daphne --websocket-max-message-size N, DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE "
+                "under runserver) and set SERVER_MAX_MESSAGE_BYTES to match.",
+                id="agent_channels.W020",
+            )
+        ]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"MAX_CLIENT_FRAME_BYTES": 512 * 1024},
+     {"MAX_CLIENT_FRAME_BYTES": 2 * 1024 * 1024, "SERVER_MAX_MESSAGE_BYTES": 16 * 1024 * 1024}],
+)
+def test_w020_not_raised_when_the_server_takes_every_frame_the_app_does(config):
+    with override_settings(AGENT_CHANNELS=config):
+        assert check_frame_limits() == []
+
+
+# -- W021: persistent connections under ASGI without a pool ---------------------------------
+
+POSTGRES = {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}
+
+
+@pytest.mark.parametrize("age", [60, None])
+def test_w021_persistent_connections_under_asgi(monkeypatch, age):
+    monkeypatch.setattr(agch_checks.settings, "DATABASES", {"main": {**POSTGRES, "CONN_MAX_AGE": age}})
+    assert check_persistent_connections() == [
+        Warning(
+            f"DATABASES['main'] keeps connections open (CONN_MAX_AGE = {age!r}) under ASGI: "
+            "every thread that serves a request or a WebSocket keeps one of its own that "
+            "nothing reuses, and a busy server exhausts max_connections.",
+            hint='Set DATABASES[\'main\']["CONN_MAX_AGE"] = 0 and '
+            'DATABASES[\'main\']["OPTIONS"]["pool"] = {"max_size": 10} '
+            '(Django 5.1+, pip install "psycopg[pool]"); see the deployment docs.',
+            id="agent_channels.W021",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "database",
+    [
+        {**POSTGRES, "CONN_MAX_AGE": 0},
+        {**POSTGRES},  # Django's default is 0
+        {**POSTGRES, "CONN_MAX_AGE": 0, "OPTIONS": {"pool": {"max_size": 10}}},
+        {"ENGINE": "django.db.backends.sqlite3", "NAME": "x", "CONN_MAX_AGE": 60},
+    ],
+)
+def test_w021_not_raised_for_short_lived_pooled_or_sqlite_connections(monkeypatch, database):
+    monkeypatch.setattr(agch_checks.settings, "DATABASES", {"main": database})
+    assert check_persistent_connections() == []
+
+
+def test_w021_not_raised_without_an_asgi_application(monkeypatch):
+    monkeypatch.setattr(agch_checks.settings, "DATABASES", {"main": {**POSTGRES, "CONN_MAX_AGE": 60}})
+    with override_settings(ASGI_APPLICATION=None):
+        assert check_persistent_connections() == []
+
+
+def test_w021_the_example_projects_postgres_settings_pass(monkeypatch):
+    from example_project.env import database_from_url
+
+    for pool_size in (None, 10):
+        database = database_from_url("postgres://u@127.0.0.1/x", "unused", pool_size=pool_size)
+        monkeypatch.setattr(agch_checks.settings, "DATABASES", {"default": database})
+        assert check_persistent_connections() == []

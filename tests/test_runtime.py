@@ -192,6 +192,8 @@ def test_time_limit_fails_the_run():
 def test_the_reaper_restarts_a_run_whose_worker_died(settings):
     from agent_channels.runtime import lifecycle
 
+    # The monitor's own reaper would race this one (one reaper at a time: it gets 0).
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "REAP_EVERY_SECONDS": 0}
     run = finished(start_run("reap", "steps"))
     Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, heartbeat_at=None)
     assert lifecycle.reap() == 1
@@ -245,6 +247,7 @@ def test_the_reaper_enqueues_a_queued_run_whose_task_was_lost(settings):
 
     from agent_channels.runtime import lifecycle
 
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "REAP_EVERY_SECONDS": 0}
     run = finished(start_run("lost-task", "steps"))
     Run.objects.filter(pk=run.pk).update(
         status=RunStatus.QUEUED, created_at=timezone.now() - timedelta(minutes=5)
@@ -282,6 +285,48 @@ def test_a_tool_result_no_database_stores_is_a_tool_error_not_a_failed_run(llm, 
     assert tool["ok"] is False and "cannot be stored" in tool["result"]["error"]
     # The model saw the error as the tool's result and answered with it.
     assert "cannot be stored" in run.output
+
+
+def test_a_tool_result_over_max_event_bytes_is_a_tool_error_not_a_failed_run(llm, settings):
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "MAX_EVENT_BYTES": 50_000}
+    run = finished(start_run("tool-big", "big_tool", {"prompt": "calculate 100000"}))
+    assert run.status == RunStatus.COMPLETED, run.error
+    tool = events("tool-big", "tool.completed")[0].data
+    assert tool["ok"] is False and "at most 50000 bytes" in tool["result"]["error"]
+
+
+def test_a_tool_that_overruns_its_deadline_is_a_tool_error_the_model_sees(llm):
+    import time
+
+    started = time.monotonic()
+    run = finished(start_run("tool-slow", "slow_tool", {"prompt": "calculate 30"}), 10)
+    assert time.monotonic() - started < 8  # not the tool's 30 s
+    assert run.status == RunStatus.COMPLETED, run.error
+    tool = events("tool-slow", "tool.completed")[0].data
+    assert tool["ok"] is False and tool["result"]["code"] == "tool_time_limit"
+    assert "time limit of 0.5 s" in run.output
+
+
+def test_a_cancel_does_not_wait_for_a_running_tool(llm):
+    run = start_run("tool-cancel", "slow_tool", {"prompt": "calculate 60", "limit": 30})
+    wait_for(lambda: events("tool-cancel", "tool.started"))
+    send_control("tool-cancel", "cancel", None)
+    finished(run, 10)  # not the tool's 60 s nor its 30 s deadline
+    assert run.status == RunStatus.CANCELLED
+    assert not events("tool-cancel", "tool.completed")
+
+
+def test_a_run_holds_a_bounded_number_of_pending_interrupts_and_says_which_it_refused(settings):
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "MAX_PENDING_CONTROL": 3}
+    run = start_run("deaf", "deaf", {"seconds": 3})
+    wait_for(lambda: events("deaf", "custom.running"))
+    for i in range(5):
+        send_control("deaf", "interrupt", {"n": i}, frame_id=f"f{i}")
+    rejected = wait_for(lambda: events("deaf", "control.rejected") if len(
+        events("deaf", "control.rejected")) == 2 else None)
+    assert [e.data["id"] for e in rejected] == ["f3", "f4"]
+    assert {e.data["code"] for e in rejected} == {"control_queue_full"}
+    finished(run)
 
 
 def test_a_replay_that_takes_different_steps_fails_clearly():

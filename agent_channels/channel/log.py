@@ -23,6 +23,7 @@ from django.utils import timezone
 from agent_channels.channel.connections import release, retrying
 from agent_channels.channel.names import validate_name
 from agent_channels.channel.wire import get_wire
+from agent_channels.conf import get_config
 from agent_channels.models import Channel, Event
 
 __all__ = ["EventDraft", "InvalidEvent", "append", "check_storable", "read", "read_frames"]
@@ -64,13 +65,16 @@ def check_storable(data: Any) -> None:
     """
     try:
         text = json.dumps(data, ensure_ascii=False, allow_nan=False)
-        text.encode("utf-8")
+        size = len(text.encode("utf-8"))
     except ValueError as exc:  # NaN/Infinity, and UnicodeEncodeError for lone surrogates
         raise InvalidEvent(f"Event data cannot be stored as JSON: {exc}.") from None
     except TypeError as exc:
         raise InvalidEvent(f"Event data must be JSON-serializable: {exc}.") from None
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise InvalidEvent("Event data may not contain NUL characters.")
+    limit = get_config()["MAX_EVENT_BYTES"]
+    if limit and size > limit:
+        raise InvalidEvent(f"Event data may be at most {limit} bytes of JSON (MAX_EVENT_BYTES).")
 
 
 def _reserve(name: str, count: int, owner_id: Any, using: str) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from agent_channels.conf import get_config
 from agent_channels.models import Event, Step, StepStatus
 from agent_channels.runtime import llm, responses
 from agent_channels.runtime.control import ControlMessage
+from agent_channels.runtime.deadlines import Abandoned, ToolTimeout, call_with_deadline
 from agent_channels.runtime.errors import Cancelled, Interrupted
 from agent_channels.runtime.journal import StepRecord
 from agent_channels.runtime.registry import agent_options
@@ -582,6 +583,14 @@ class ResponsesCall:
         self.next_save = now + self.save_every
 
 
+def tool_time_limit(found: Tool) -> float | None:
+    """The tool's own limit, else ``TOOL_TIME_LIMIT``; None when neither sets one."""
+    limit = found.time_limit
+    if limit is None:
+        limit = get_config()["TOOL_TIME_LIMIT"]
+    return float(limit) if limit else None
+
+
 def tool_call(ctx: RunContext, call: dict[str, Any], tool_map: dict[str, Tool]) -> Any:
     """One tool call as a journaled step; returns the tool's output (or its error)."""
     name = str(call.get("function", {}).get("name", ""))
@@ -595,7 +604,13 @@ def tool_call(ctx: RunContext, call: dict[str, Any], tool_map: dict[str, Tool]) 
             found = tool_map.get(name)
             if found is None:
                 raise LookupError(f"The model asked for an unknown tool {name!r}.")
-            output: Any = found(**arguments)
+            output: Any = call_with_deadline(
+                found.function,
+                arguments,
+                tool_time_limit(found),
+                # A cancel or the run's own time limit does not wait for the tool.
+                lambda: ctx.inbox.stopping or ctx.timed_out,
+            )
             # The result goes into an event and the journal: one the database cannot store
             # (inf, NaN, NUL, an object) would fail the whole run, so the model gets an error.
             check_storable(output)
@@ -603,6 +618,13 @@ def tool_call(ctx: RunContext, call: dict[str, Any], tool_map: dict[str, Tool]) 
         except InvalidEvent as exc:
             output = {"error": f"The tool's result cannot be stored: {exc}"}
             ok = False
+        except ToolTimeout as exc:
+            logger.warning("agent_channels: run %s: tool %r overran; abandoned", ctx.run_id, name)
+            output = {"error": str(exc), "code": "tool_time_limit"}
+            ok = False
+        except Abandoned:
+            ctx.check_control()  # raises Cancelled / Superseded / TimeLimitExceeded
+            raise Cancelled() from None
         except Exception as exc:
             # The model gets the error as the tool's result and may recover from it.
             output = {"error": f"{type(exc).__name__}: {exc}"}

@@ -170,11 +170,26 @@ class RunContext:
         logger.debug("agent_channels: run %s saw %s seq %s", self.run_id, message.kind, message.seq)
 
     def tick(self) -> None:
-        """From the monitor thread: enforce the time limit even inside a model call."""
+        """From the monitor thread: enforce the time limit even inside a model call, and
+        tell clients which control messages the full inbox refused."""
         if self.deadline is not None and time.time() > self.deadline and not self.timed_out:
             self.timed_out = True
             self._abort_streams()
             self.inbox.wakeup.set()
+        rejected = self.inbox.take_rejected()
+        if rejected:
+            append(self.channel, [self._rejection(message) for message in rejected])
+
+    def _rejection(self, message: ControlMessage) -> EventDraft:
+        data = {
+            "code": "control_queue_full",
+            "kind": message.kind,
+            "seq": message.seq,
+            "id": message.id,
+            "message": f"The run has {self.inbox.limit} {message.kind}s it has not taken yet; "
+            "this one was dropped. Send it again later.",
+        }
+        return EventDraft("control.rejected", data, self.run_id)
 
     def _abort_streams(self) -> None:
         for handle in list(self.abort_handles):
@@ -297,6 +312,7 @@ class RunContext:
             if found is None or not lifecycle.take_back(self.run_id):
                 raise Suspended()
         value, seq = found
+        self.inbox.drop_inputs(seq)
         append(
             self.channel, [EventDraft("input.received", {"value": value, "seq": seq}, self.run_id)]
         )

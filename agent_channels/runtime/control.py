@@ -70,7 +70,7 @@ class ControlMessage:
 class Inbox:
     """What a running agent has been told; written by the listener, read by the agent."""
 
-    def __init__(self, channel: str, after_seq: int) -> None:
+    def __init__(self, channel: str, after_seq: int, limit: int | None = None) -> None:
         self.channel = channel
         #: The log has been read through this seq: every control event up to it was seen.
         self.last_seq = after_seq
@@ -81,8 +81,13 @@ class Inbox:
         self._lock = threading.Lock()
         self.cancel: ControlMessage | None = None
         self.superseded: ControlMessage | None = None
+        #: Interrupts and inputs the agent has not taken yet, each at most ``limit``
+        #: (``MAX_PENDING_CONTROL``); past it a message is refused and listed in
+        #: :attr:`rejected`, which the run publishes as ``control.rejected`` events.
+        self.limit = int(get_config()["MAX_PENDING_CONTROL"] if limit is None else limit)
         self.interrupts: deque[ControlMessage] = deque()
         self.inputs: deque[ControlMessage] = deque()
+        self.rejected: deque[ControlMessage] = deque(maxlen=max(1, self.limit))
         self._listeners: list[Callable[[ControlMessage], None]] = []
 
     def deliver(self, message: ControlMessage) -> bool:
@@ -94,10 +99,12 @@ class Inbox:
                 self.cancel = message
             elif message.kind == "supersede":
                 self.superseded = message
-            elif message.kind == "interrupt":
-                self.interrupts.append(message)
-            elif message.kind == "input":
-                self.inputs.append(message)
+            elif message.kind in ("interrupt", "input"):
+                queue = self.interrupts if message.kind == "interrupt" else self.inputs
+                if len(queue) >= self.limit:
+                    self.rejected.append(message)
+                    return False
+                queue.append(message)
             else:
                 return False
             listeners = list(self._listeners)
@@ -128,6 +135,19 @@ class Inbox:
                     self._listeners.remove(listener)
 
         return remove
+
+    def take_rejected(self) -> list[ControlMessage]:
+        """The refused messages since the last call (for the run to publish)."""
+        with self._lock:
+            taken = list(self.rejected)
+            self.rejected.clear()
+        return taken
+
+    def drop_inputs(self, until_seq: int) -> None:
+        """Forget inputs up to ``until_seq``: the run took its input from the log."""
+        with self._lock:
+            while self.inputs and self.inputs[0].seq <= until_seq:
+                self.inputs.popleft()
 
     @property
     def stopping(self) -> bool:

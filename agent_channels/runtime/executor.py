@@ -141,6 +141,16 @@ def execute_run(run_id: str) -> str:
         )
         return "failed"
     except Exception as exc:
+        if type(exc).__name__ == "SoftTimeLimitExceeded":
+            # Celery's soft limit (backends.celery.time_limits): the run overran its deadline
+            # somewhere that never checks it. Said like the run's own time limit.
+            release("time_limit")
+            lifecycle.finish(
+                run.pk,
+                RunStatus.FAILED,
+                {"error": "The run exceeded its time limit.", "code": "time_limit"},
+            )
+            return "failed"
         logger.exception("agent_channels: run %s (%s) failed", run.pk, run.agent)
         release("error")
         lifecycle.finish(run.pk, RunStatus.FAILED, {"error": f"{type(exc).__name__}: {exc}"})

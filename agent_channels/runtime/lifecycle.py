@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -97,6 +98,7 @@ def _event(run: Run, channel: str, name: str, data: dict[str, Any]) -> None:
 
 def enqueue(run_id: Any) -> None:
     """Hand a run to the configured backend once the current transaction commits."""
+    Run.objects.filter(pk=run_id).update(enqueued_at=timezone.now())
     transaction.on_commit(lambda: get_backend().enqueue(str(run_id)))
 
 
@@ -168,6 +170,9 @@ def _claim(run_id: Any) -> tuple[Run, bool] | None:
         run.worker = worker_id()
         run.heartbeat_at = now
         run.started_at = run.started_at or now
+        # The task was delivered: none is in flight any more, so a reaper that finds this
+        # run stale later sends one at once (see reap()).
+        run.enqueued_at = None
         run.save(
             update_fields=[
                 "status",
@@ -176,6 +181,7 @@ def _claim(run_id: Any) -> tuple[Run, bool] | None:
                 "heartbeat_at",
                 "started_at",
                 "control_seq",
+                "enqueued_at",
             ]
         )
         _event(run, channel, "run.started", {"attempt": run.attempts, "recovered": recovering})
@@ -296,6 +302,7 @@ def start_next(channel_id: int) -> None:
         .first()
     )
     if run_id is not None:
+        Run.objects.filter(pk=run_id).update(enqueued_at=timezone.now())
         get_backend().enqueue(str(run_id))
 
 
@@ -307,8 +314,43 @@ def heartbeat(run_ids: list[Any]) -> int:
     )
 
 
+#: The advisory lock key of the reaper on PostgreSQL (any constant unique to this use).
+REAPER_LOCK_KEY = 0x61676368_72656170  # "agchreap"
+_local_reaper = threading.Lock()
+
+
 def reap() -> int:
-    """Restart running runs whose worker stopped sending heartbeats; returns how many."""
+    """Re-send runs whose worker died or whose task was lost; returns how many.
+
+    One reaper at a time: on PostgreSQL a transaction-level advisory lock
+    (``pg_try_advisory_xact_lock``) that every other process skips its pass on; elsewhere
+    a lock per process. And each run is re-sent at most once per ``STALE_AFTER_SECONDS``:
+    ``Run.enqueued_at`` says when its task was last sent (the claim clears it), and the
+    UPDATE that moves it forward is conditional, so of two reapers that race anyway only
+    one sends. Duplicates no longer pile up in the broker while a worker is busy.
+    """
+    if not _local_reaper.acquire(blocking=False):
+        return 0
+    try:
+        using = router.db_for_write(Run)
+        with transaction.atomic(using=using):
+            if connections[using].vendor == "postgresql":
+                with connections[using].cursor() as cursor:
+                    cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [REAPER_LOCK_KEY])
+                    row = cursor.fetchone()
+                if not (row and row[0]):
+                    return 0  # another process is reaping right now
+            run_ids = _claim_for_resend(_reapable())
+            if run_ids:
+                # Sent after the commit: the new enqueued_at is what other reapers see.
+                transaction.on_commit(lambda: _resend(run_ids), using=using)
+        return len(run_ids)
+    finally:
+        _local_reaper.release()
+
+
+def _reapable() -> list[Any]:
+    """Runs that lost their worker or their task (before the once-per-window filter)."""
     config = get_config()
     stale = timezone.now() - timedelta(seconds=config["STALE_AFTER_SECONDS"])
     run_ids = list(
@@ -338,12 +380,28 @@ def reap() -> int:
         .order_by("created_at")
         .values_list("pk", flat=True)[:100]
     )
-    if run_ids:
-        backend = get_backend()
-        for run_id in run_ids:
-            logger.warning("agent_channels: run %s lost its worker or task; enqueueing it", run_id)
-            backend.enqueue(str(run_id))
-    return len(run_ids)
+    return run_ids
+
+
+def _claim_for_resend(run_ids: list[Any]) -> list[Any]:
+    """The runs of ``run_ids`` not sent within the window, now marked sent (one UPDATE each)."""
+    if not run_ids:
+        return []
+    now = timezone.now()
+    window = now - timedelta(seconds=get_config()["STALE_AFTER_SECONDS"])
+    due = Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=window)
+    claimed = []
+    for run_id in run_ids:
+        if Run.objects.filter(due, pk=run_id).update(enqueued_at=now):
+            claimed.append(run_id)
+    return claimed
+
+
+def _resend(run_ids: list[Any]) -> None:
+    backend = get_backend()
+    for run_id in run_ids:
+        logger.warning("agent_channels: run %s lost its worker or task; enqueueing it", run_id)
+        backend.enqueue(str(run_id))
 
 
 #: Why a queued run has not started: another run of its channel is active (runs of one

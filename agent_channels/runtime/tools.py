@@ -32,6 +32,9 @@ class Tool:
     function: Callable[..., Any]
     description: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: Seconds one call may take before the model gets a time-limit error instead of a
+    #: result; None means ``AGENT_CHANNELS["TOOL_TIME_LIMIT"]``, 0 no limit of its own.
+    time_limit: float | None = None
 
     def spec(self) -> dict[str, Any]:
         """The ``tools`` entry of a chat completions request."""
@@ -76,11 +79,18 @@ def _parameters(fn: Callable[..., Any]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": required}
 
 
-def tool(fn: F | None = None, *, name: str | None = None, description: str | None = None) -> Any:
+def tool(
+    fn: F | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    time_limit: float | None = None,
+) -> Any:
     """Register a function as a tool the model may call (``@tool`` or ``@tool(name=...)``).
 
     The parameter schema comes from the type hints, the description from the docstring.
     The function gets the model's arguments as keywords and returns any JSON value.
+    ``time_limit``: seconds a call may take (default ``AGENT_CHANNELS["TOOL_TIME_LIMIT"]``).
     """
 
     def register(f: F) -> F:
@@ -89,6 +99,7 @@ def tool(fn: F | None = None, *, name: str | None = None, description: str | Non
             function=f,
             description=description or inspect.getdoc(f) or "",
             parameters=_parameters(f),
+            time_limit=time_limit,
         )
         with _lock:
             _tools[item.name] = item

@@ -29,6 +29,7 @@ from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from agent_channels.access import get_access_policy
 from agent_channels.channel.log import read
 from agent_channels.channel.names import InvalidChannelName, event_group, validate_name
+from agent_channels.channel.oversize import fit_frame
 from agent_channels.conf import get_config
 from agent_channels.models import Channel
 from agent_channels.views import events as json_events
@@ -91,8 +92,9 @@ def _sse(frame_text: str, seq: int, name: str) -> str:
     return f"id: {seq}\nevent: {name}\ndata: {frame_text}\n\n"
 
 
-def _event_sse(frame: dict[str, Any]) -> str:
-    text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+def _event_sse(channel: str, frame: dict[str, Any], limit: int) -> str:
+    # An event over MAX_SENT_FRAME_BYTES goes out as a placeholder, as over WebSockets.
+    text = fit_frame(channel, json.dumps(frame, ensure_ascii=False, separators=(",", ":")), limit)
     return _sse(text, frame["seq"], frame["event"])
 
 
@@ -208,7 +210,8 @@ class EventStream:
                     yield self._gone(pruned)
                     return
                 self.sent = events[-1].seq
-                yield "".join(_event_sse(event.to_frame()) for event in events)
+                limit = self.config["MAX_SENT_FRAME_BYTES"]
+                yield "".join(_event_sse(self.name, event.to_frame(), limit) for event in events)
             # Wait for news: a layer message, the quiet-time head check, or the keep-alive.
             message = await self._receive(reply_channel, quiet if check_head else keepalive)
             if message is None:

@@ -20,6 +20,7 @@ from channels.db import database_sync_to_async
 
 from agent_channels.channel.connections import TRANSIENT_ERRORS
 from agent_channels.channel.log import read_frames
+from agent_channels.channel.oversize import fit_frame
 from agent_channels.models import Channel
 from agent_channels.ws.backpressure import pending_bytes
 
@@ -137,7 +138,7 @@ class Pump:
                 self.behind = False
                 text = self.cache.pop(self.sent + 1, None)
                 if text is not None:
-                    await self._send(text)
+                    await self._send_event(text)
                     self.sent += 1
                     continue
                 await self._send_from_log()
@@ -172,6 +173,11 @@ class Pump:
                     self.wake.set()
         self.wake.clear()
 
+    async def _send_event(self, text: str) -> None:
+        # Over the limit, a placeholder pointing to the HTTP endpoint: a frame the client
+        # refuses would close the socket, and the client would resume at the same seq again.
+        await self._send(fit_frame(self.channel, text, self.config["MAX_SENT_FRAME_BYTES"]))
+
     async def _send_from_log(self) -> None:
         if self.channel_id is None:
             self.channel_id, _, _ = await self._db(_read_head_sync, self.channel)
@@ -186,6 +192,8 @@ class Pump:
         if not frames or frames[0][0] != self.sent + 1:
             _, _, pruned_seq = await self._db(_read_head_sync, self.channel)
             raise HistoryPruned(pruned_seq)
+        limit = self.config["MAX_SENT_FRAME_BYTES"]
+        frames = [(seq, fit_frame(self.channel, text, limit)) for seq, text in frames]
         if self.batch:
             await self._send_batches(frames)
         else:

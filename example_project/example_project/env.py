@@ -17,8 +17,8 @@ def database_from_url(
     """``postgres://user:pass@host:port/name`` or ``sqlite:///path``; unset means SQLite.
 
     ``pool_size``: PostgreSQL connections each process may open, from Django's psycopg
-    pool (what a worker carrying many runs in threads needs); None keeps a persistent
-    connection per thread instead.
+    pool (what a daphne process or a worker carrying many runs in threads needs); None
+    opens a connection per request or run step instead (never a persistent one: ASGI).
     """
     if not url:
         return sqlite_database(sqlite_path)
@@ -35,15 +35,14 @@ def database_from_url(
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
             "OPTIONS": dict(parse_qsl(parts.query)),
-            "CONN_MAX_AGE": 60,
-            "CONN_HEALTH_CHECKS": True,
+            # Never persistent under ASGI (check agent_channels.W021): each daphne thread
+            # would keep a connection of its own that nothing reuses.
+            "CONN_MAX_AGE": 0,
         }
         if pool_size:
             # The pool replaces persistent connections (Django refuses both at once).
             # timeout: how long a thread waits for a free connection before an error.
             database["OPTIONS"]["pool"] = {"min_size": 1, "max_size": pool_size, "timeout": 30}
-            database["CONN_MAX_AGE"] = 0
-            database["CONN_HEALTH_CHECKS"] = False
         return database
     raise ValueError(f"Unsupported DATABASE_URL scheme {parts.scheme!r}; use postgres:// or sqlite:///")
 

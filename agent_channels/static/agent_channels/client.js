@@ -293,6 +293,10 @@
         setState(STATES.live, "live");
         emit("hello", frame);
       } else if (frame.type === "event") {
+        if (frame.too_large) {
+          // Too large for the socket: the server sent where to read it (the events endpoint).
+          return refill(frame.seq);
+        }
         if (lastSeq !== null && frame.seq > lastSeq + 1) {
           // A hole (never expected from the protocol, but cheap to heal): read it over HTTP.
           return refill(frame.seq - 1).then(() => accept(frame));
