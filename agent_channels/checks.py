@@ -23,6 +23,7 @@ __all__ = [
     "check_channel_layer",
     "check_database",
     "check_frame_limits",
+    "check_limit_numbers",
     "check_persistent_connections",
     "check_quotas",
     "check_redis_timeouts",
@@ -102,6 +103,46 @@ def check_access_recheck(
             id="agent_channels.E006",
         )
     ]
+
+
+#: Sizes and times of the wire and the runtime, and the smallest value each may take (0 turns
+#: a limit, a retry or a refresh off; None is allowed where it means "no limit").
+_NUMBERS: dict[str, tuple[float, bool]] = {
+    "MAX_EVENT_BYTES": (0, False),
+    "MAX_SENT_FRAME_BYTES": (0, False),
+    "SERVER_MAX_MESSAGE_BYTES": (1, False),
+    "MAX_PENDING_CONTROL": (1, False),
+    "TOOL_TIME_LIMIT": (0, True),
+    "CELERY_TIME_LIMIT_MARGIN": (0, False),
+    "DB_RETRY_SECONDS": (0, False),
+    "GROUP_REFRESH_SECONDS": (0, False),
+}
+
+
+@register(Tags.compatibility)
+def check_limit_numbers(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E007: a size or time setting that is not a number in range."""
+    config = get_config()
+    errors: list[CheckMessage] = []
+    for name, (low, none_ok) in _NUMBERS.items():
+        value = config[name]
+        whole = name.endswith("_BYTES") or name == "MAX_PENDING_CONTROL"
+        number = isinstance(value, int if whole else int | float) and not isinstance(value, bool)
+        if (value is None and none_ok) or (number and value >= low):
+            continue
+        kind = "a whole number" if whole else "a number"
+        errors.append(
+            Error(
+                f"AGENT_CHANNELS[{name!r}] = {value!r} is not {kind} >= {low:g}"
+                + (" or None." if none_ok else "."),
+                hint=f"Give {kind} such as {DEFAULTS[name]!r} (the default)"
+                + ("; 0 turns it off." if low == 0 else "."),
+                id="agent_channels.E007",
+            )
+        )
+    return errors
 
 
 @register(Tags.security)

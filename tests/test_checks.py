@@ -367,7 +367,7 @@ def test_every_check_id_is_documented():
     )
     docs = (root / "docs" / "checks.rst").read_text(encoding="utf-8")
     check_ids = set(re.findall(r"agent_channels\.[EW]\d{3}", code))
-    assert len(check_ids) == 22  # + E110, E111, W110 (scale), E301, E302 (ownership, quotas), W020, W021 (limits)
+    assert len(check_ids) == 23  # + E110, E111, W110 (scale), E301, E302 (ownership, quotas), W020, W021, E007 (limits)
     assert not [i for i in sorted(check_ids) if i not in docs]
 
 
@@ -508,3 +508,38 @@ def test_w021_the_example_projects_postgres_settings_pass(monkeypatch):
         database = database_from_url("postgres://u@127.0.0.1/x", "unused", pool_size=pool_size)
         monkeypatch.setattr(agch_checks.settings, "DATABASES", {"default": database})
         assert check_persistent_connections() == []
+
+
+# -- E007: sizes and times of the wire and the runtime ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MAX_EVENT_BYTES", "16MB", "is not a whole number >= 0."),
+        ("MAX_SENT_FRAME_BYTES", 1.5, "is not a whole number >= 0."),
+        ("SERVER_MAX_MESSAGE_BYTES", 0, "is not a whole number >= 1."),
+        ("MAX_PENDING_CONTROL", True, "is not a whole number >= 1."),
+        ("TOOL_TIME_LIMIT", -1, "is not a number >= 0 or None."),
+        ("CELERY_TIME_LIMIT_MARGIN", None, "is not a number >= 0."),
+        ("DB_RETRY_SECONDS", "10", "is not a number >= 0."),
+        ("GROUP_REFRESH_SECONDS", -0.5, "is not a number >= 0."),
+    ],
+)
+def test_e007_limits_that_are_not_numbers_in_range(name, value, message):
+    with override_settings(AGENT_CHANNELS={name: value}):
+        errors = agch_checks.check_limit_numbers()
+    assert [(e.id, e.msg) for e in errors] == [
+        ("agent_channels.E007", f"AGENT_CHANNELS[{name!r}] = {value!r} {message}")
+    ]
+    assert repr(DEFAULTS[name]) in errors[0].hint
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"TOOL_TIME_LIMIT": None, "DB_RETRY_SECONDS": 0, "GROUP_REFRESH_SECONDS": 2.5},
+     {"MAX_EVENT_BYTES": 0, "MAX_SENT_FRAME_BYTES": 0, "CELERY_TIME_LIMIT_MARGIN": 0}],
+)
+def test_e007_not_raised_for_numbers_in_range(config):
+    with override_settings(AGENT_CHANNELS=config):
+        assert agch_checks.check_limit_numbers() == []
