@@ -142,6 +142,9 @@ async def watch(daphne, cookie: str, channel: str, started: dict, out: dict) -> 
                 async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
                     while not done:
                         frame = json.loads(await ws.recv())
+                        if frame.get("type") == "error" and frame.get("code") == "forbidden":
+                            # Not load: the bench user must be allowed to read every channel.
+                            raise RuntimeError(f"watcher refused: {frame}")
                         if frame.get("type") != "event":
                             continue
                         since = frame["seq"]
@@ -400,7 +403,7 @@ def main() -> None:
 
         from tests.procs import Daphne
 
-        user = get_user_model().objects.create_user("bench", is_staff=True)
+        user = get_user_model().objects.create_user("bench", is_staff=True, is_superuser=True)
         client = Client()
         client.force_login(user)
         cookie = f"sessionid={client.cookies['sessionid'].value}"
