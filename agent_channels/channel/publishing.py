@@ -156,10 +156,12 @@ class _Flusher:
 
 #: A process that flushed this many streams within ``BATCH_HORIZON`` seconds is busy: a
 #: stream's next delta then joins the batched flush at the end of the current
-#: ``BATCH_HORIZON`` slot (or of its window, if shorter), one transaction for all of the
-#: process's streams, instead of committing on its own. A quiet process publishes at once.
+#: ``BATCH_SLOT`` (or of its window, if shorter), one transaction for all of the process's
+#: streams, instead of committing on its own. A quiet process publishes at once. The
+#: horizon spans a few slots, so a process flushing in batches stays busy between them.
 BATCH_MIN_STREAMS = 8
-BATCH_HORIZON = 0.05
+BATCH_SLOT = 0.05
+BATCH_HORIZON = 2 * BATCH_SLOT
 
 
 class _Load:
@@ -184,7 +186,7 @@ _load = _Load()
 def _batch_deadline(now: float, window: float) -> float:
     """The end of the current slot on a grid every stream of the process shares, so the
     streams deferred within one slot are flushed together."""
-    slot = min(window, BATCH_HORIZON)
+    slot = min(window, BATCH_SLOT)
     if slot <= 0:
         return now
     return math.ceil(now / slot) * slot
