@@ -127,3 +127,33 @@ def test_a_quiet_process_still_publishes_a_delta_at_once():
     message.write("now")
     assert [r[2].get("text") for r in rows("quiet-one")] == ["now"]
     message.complete()
+
+
+def test_in_a_busy_process_a_delta_waits_at_most_one_slot():
+    publishing._load = publishing._Load()
+    publish("busy-slot", "setup")
+    publishing._load.note(time.monotonic(), publishing.BATCH_MIN_STREAMS)  # busy now
+    message = MessageStream("busy-slot", window_ms=30)
+    started = time.monotonic()
+    message.write("later")
+    deadline = started + 5
+    while len(rows("busy-slot")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    waited = time.monotonic() - started
+    assert [r[2].get("text") for r in rows("busy-slot")][1:] == ["later"]
+    # One 30 ms slot plus the commit; generous for a loaded machine, far below a stall.
+    assert waited < 1.0, waited
+    message.complete()
+    publishing._load = publishing._Load()
+
+
+def test_a_zero_window_stays_one_row_per_write_even_in_a_busy_process():
+    publishing._load = publishing._Load()
+    publish("busy-zero", "setup")
+    publishing._load.note(time.monotonic(), publishing.BATCH_MIN_STREAMS)
+    message = MessageStream("busy-zero", window_ms=0)
+    for token in ("a", "b", "c"):
+        message.write(token)
+        assert rows("busy-zero")[-1][2].get("text") == token  # stored by write() itself
+    message.complete()
+    publishing._load = publishing._Load()

@@ -187,8 +187,6 @@ def _batch_deadline(now: float, window: float) -> float:
     """The end of the current slot on a grid every stream of the process shares, so the
     streams deferred within one slot are flushed together."""
     slot = min(window, BATCH_SLOT)
-    if slot <= 0:
-        return now
     return math.ceil(now / slot) * slot
 
 
@@ -289,7 +287,7 @@ class MessageStream:
             self._text.append(delta)
             now = time.monotonic()
             if now >= self._next_flush_at:
-                if connection.in_atomic_block or not _load.busy(now):
+                if connection.in_atomic_block or self.window <= 0 or not _load.busy(now):
                     self._flush_locked(now)
                 elif not self._timer_armed:
                     # Busy process: this delta joins the batched flush ending the window.
