@@ -97,7 +97,7 @@ def main() -> None:
         from agent_channels.runtime import start_run
         from tests.procs import CeleryWorker, Daphne
 
-        user = get_user_model().objects.create_user("bench", is_staff=True)
+        user = get_user_model().objects.create_user("bench", is_staff=True, is_superuser=True)
         client = Client()
         client.force_login(user)
         cookie = f"sessionid={client.cookies['sessionid'].value}"

@@ -61,6 +61,19 @@ def group_cpu(leaders: list[int]) -> float:
     return total
 
 
+def pid_cpu(pids: list[int]) -> float:
+    """CPU seconds used so far by the processes ``pids`` (a daphne is not a session leader)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def group_rss(leaders: list[int]) -> int:
     """Bytes resident in the sessions led by ``leaders`` (a worker and its children)."""
     total = 0
@@ -121,6 +134,7 @@ async def watch(daphne, cookie: str, channel: str, started: dict, out: dict) -> 
     import websockets
 
     deltas: list[float] = []
+    text: list[str] = []
     first: float | None = None
     done = False
     since = 0
@@ -142,11 +156,15 @@ async def watch(daphne, cookie: str, channel: str, started: dict, out: dict) -> 
                 async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
                     while not done:
                         frame = json.loads(await ws.recv())
+                        if frame.get("type") == "error" and frame.get("code") == "forbidden":
+                            # Not load: the bench user must be allowed to read every channel.
+                            raise RuntimeError(f"watcher refused: {frame}")
                         if frame.get("type") != "event":
                             continue
                         since = frame["seq"]
                         now = time.time()
                         if frame["event"] == "message.delta":
+                            text.append(frame["data"]["text"])
                             ts = dt.datetime.fromisoformat(frame["ts"]).timestamp()
                             deltas.append((now - ts) * 1000)
                             if first is None:
@@ -160,6 +178,9 @@ async def watch(daphne, cookie: str, channel: str, started: dict, out: dict) -> 
             await asyncio.sleep(0.2)
     if not done:
         out["timeouts"] += 1
+    # Every token, once, in order: the deltas a watcher saw add up to the demo's text.
+    if "".join(text) == "".join(f"tok{i} " for i in range(out["tokens"])):
+        out["complete"] += 1
     out["deltas"] += deltas
     if first is not None and channel in started:
         out["first"].append((first - started[channel]) * 1000)
@@ -176,12 +197,13 @@ def concurrency_leg(label, pool, concurrency, runs, args, queue, daphnes, cookie
         time.sleep(1.0)
         idle = group_rss([w.proc.pid for w in workers])
         cpu0 = group_cpu([w.proc.pid for w in workers])
+        daphne_cpu0 = pid_cpu([d.proc.pid for d in daphnes])
         sampler = RssSampler([w.proc.pid for w in workers])
         tag = uuid.uuid4().hex[:6]
         channels = [f"scale-{tag}-{i}" for i in range(runs)]
         started: dict[str, float] = {}
         out = {"deltas": [], "first": [], "ready": 0, "timeouts": 0, "reconnects": 0,
-               "timeout": args.leg_timeout}
+               "timeout": args.leg_timeout, "tokens": args.tokens, "complete": 0}
         run_ids: list = []
 
         async def main() -> float:
@@ -214,6 +236,7 @@ def concurrency_leg(label, pool, concurrency, runs, args, queue, daphnes, cookie
 
         wall = asyncio.run(main())
         cpu = group_cpu([w.proc.pid for w in workers]) - cpu0
+        daphne_cpu = pid_cpu([d.proc.pid for d in daphnes]) - daphne_cpu0
         peak_rss = sampler.stop()
         peak = overlap(run_ids)
         from agent_channels.models import Event, Run
@@ -234,9 +257,12 @@ def concurrency_leg(label, pool, concurrency, runs, args, queue, daphnes, cookie
             "rss_per_run": peak_rss / max(peak, 1),
             "marginal": max(peak_rss - idle, 0) / max(peak, 1),
             "timeouts": out["timeouts"],
+            "complete": out["complete"],
             "reconnects": out["reconnects"],
             "duration": median(durations),
             "cpu_per_event": cpu * 1000 / max(events, 1),
+            "daphne_cpu_per_event": daphne_cpu * 1000 / max(events, 1),
+            "deltas_stored": Event.objects.filter(run_id__in=run_ids, name="message.delta").count(),
             "events_per_s": events / wall,
         }
     finally:
@@ -393,6 +419,8 @@ def main() -> None:
     os.environ["AGCH_BROKER_URL"] = "redis://127.0.0.1:6379/7"
     # The package defaults, not the test suite's fast ones.
     os.environ.update(AGCH_HEARTBEAT="1.5", AGCH_STALE_AFTER="6", AGCH_REAP_EVERY="2")
+    # Pooled processes as example_project.env deploys them: no health check per checkout.
+    os.environ["AGCH_DB_HEALTH_CHECKS"] = "0"
     pooled = {"AGCH_DB_POOL": str(args.pool)}
     with scratch_database():
         from django.contrib.auth import get_user_model
@@ -400,7 +428,7 @@ def main() -> None:
 
         from tests.procs import Daphne
 
-        user = get_user_model().objects.create_user("bench", is_staff=True)
+        user = get_user_model().objects.create_user("bench", is_staff=True, is_superuser=True)
         client = Client()
         client.force_login(user)
         cookie = f"sessionid={client.cookies['sessionid'].value}"
@@ -423,16 +451,19 @@ def main() -> None:
                      fmt(median(leg["first"])), fmt(pct(leg["first"], 99)),
                      fmt(leg["runs_per_s"]), fmt(leg["runs_per_s"] / base["runs_per_s"]) + "×",
                      fmt(leg["rss_per_run"] / 2**20), fmt(leg["marginal"] / 2**20),
+                     f'{leg["complete"]} / {leg["runs"]}',
                      f'{leg["timeouts"]} / {leg["reconnects"]}', fmt(leg["duration"]), fmt(leg["events_per_s"]),
-                     fmt(leg["cpu_per_event"])]
+                     fmt(leg["cpu_per_event"]), fmt(leg["daphne_cpu_per_event"]),
+                     leg["deltas_stored"]]
                     for leg in legs
                 ]
                 print(table(["pool", "runs", "peak concurrent", "peak ratio", "deltas seen",
                              "delta p50 ms", "delta p99 ms", "first token p50 ms",
                              "first token p99 ms", "runs/s", "runs/s ratio",
                              "RSS MB / concurrent run", "marginal MB / run",
-                             "watcher timeouts / reconnects", "run duration p50 s", "events/s",
-                             "worker CPU ms / event"], rows))
+                             "watchers with every token", "watcher timeouts / reconnects", "run duration p50 s", "events/s",
+                             "worker CPU ms / event", "daphne CPU ms / event",
+                             "deltas stored"], rows))
             if "heartbeats" in args.only:
                 banner(f"Heartbeats: {args.beat_runs} runs waiting on 2 thread-pool workers, "
                        f"{args.beat_window:.0f} s window")

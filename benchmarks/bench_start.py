@@ -177,6 +177,8 @@ def main() -> int:
     configure_env("postgres", "redis")
     os.environ["AGCH_BROKER_URL"] = "redis://127.0.0.1:6379/7"
     os.environ.update(AGCH_HEARTBEAT="1.5", AGCH_STALE_AFTER="6", AGCH_REAP_EVERY="2")
+    # Pooled processes as example_project.env deploys them: no health check per checkout.
+    os.environ["AGCH_DB_HEALTH_CHECKS"] = "0"
     with scratch_database():
         from django.contrib.auth import get_user_model
         from django.db import connection

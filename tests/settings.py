@@ -75,6 +75,9 @@ if DB_KIND == "postgres" and os.environ.get("AGCH_DB_POOL"):
     DATABASES["default"]["OPTIONS"]["pool"] = {
         "min_size": 1, "max_size": int(os.environ["AGCH_DB_POOL"]), "timeout": 30,
     }
+    # The benchmarks run as example_project.env deploys a pool: without a health check (a
+    # round trip) each time a connection leaves the pool. The suite keeps the check.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = os.environ.get("AGCH_DB_HEALTH_CHECKS") != "0"
 if DB_KIND == "postgres":
     DATABASES["default"]["TEST"] = {"NAME": f"test_agch_{RUN_ID}"}
 else:

@@ -26,7 +26,15 @@ from agent_channels.channel.wire import get_wire
 from agent_channels.conf import get_config
 from agent_channels.models import Channel, Event
 
-__all__ = ["EventDraft", "InvalidEvent", "append", "check_storable", "read", "read_frames"]
+__all__ = [
+    "EventDraft",
+    "InvalidEvent",
+    "append",
+    "append_many",
+    "check_storable",
+    "read",
+    "read_frames",
+]
 
 MAX_EVENT_NAME_LENGTH = 100
 
@@ -50,7 +58,15 @@ class EventDraft:
             )
         if not isinstance(self.data, dict):
             raise InvalidEvent(f"Event data must be a dict, not {type(self.data).__name__}.")
-        check_storable(self.data)
+        # Kept: the same text is the row's JSON and the live frame's data (one encoding
+        # per event instead of three; the data must not be changed after this point).
+        object.__setattr__(self, "_json", _encode_storable(self.data))
+
+    @property
+    def data_json(self) -> str:
+        """The data as the JSON text that is stored and sent."""
+        text: str = self.__dict__["_json"]
+        return text
 
 
 # A JSON-escaped NUL that is not itself an escaped backslash followed by "u0000".
@@ -63,8 +79,13 @@ def check_storable(data: Any) -> None:
     NaN and infinities are not JSON; PostgreSQL's jsonb refuses NUL characters and
     unpaired surrogates. One C-speed encoding pass finds all of them.
     """
+    _encode_storable(data)
+
+
+def _encode_storable(data: Any) -> str:
+    """``data`` as compact JSON text, or :class:`InvalidEvent` (see :func:`check_storable`)."""
     try:
-        text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         size = len(text.encode("utf-8"))
     except ValueError as exc:  # NaN/Infinity, and UnicodeEncodeError for lone surrogates
         raise InvalidEvent(f"Event data cannot be stored as JSON: {exc}.") from None
@@ -75,6 +96,7 @@ def check_storable(data: Any) -> None:
     limit = get_config()["MAX_EVENT_BYTES"]
     if limit and size > limit:
         raise InvalidEvent(f"Event data may be at most {limit} bytes of JSON (MAX_EVENT_BYTES).")
+    return text
 
 
 def _reserve(name: str, count: int, owner_id: Any, using: str) -> tuple[int, int]:
@@ -169,13 +191,185 @@ def append(
 
     events = retrying(write, using=using)
     if notify:
-        texts = [json.dumps(e.to_frame(), separators=(",", ":")) for e in events]
+        texts = frame_texts(events, drafts)
         transaction.on_commit(
             partial(get_wire().send_events, channel, events[0].seq, texts), using=using
         )
     # A run's thread writes, then waits on its model: it need not hold a connection meanwhile.
     release(using)
     return events
+
+
+def append_many(
+    batches: Sequence[tuple[str, Sequence[EventDraft]]],
+) -> list[list[Event]]:
+    """:func:`append` for several channels at once: one transaction, one commit.
+
+    ``batches`` is ``[(channel, drafts), ...]`` (a channel may come more than once: its
+    drafts keep the order given). Returns each batch's events, in the order given. Every
+    channel gets contiguous seqs exactly as :func:`append` gives them; the channels are
+    locked in a fixed order, so two processes flushing overlapping sets cannot deadlock.
+    On PostgreSQL the seqs of all channels are reserved and the events inserted in one
+    statement. Retried whole on a lost connection, and exactly-once like :func:`append`.
+    The channels must exist (streams of runs write to their run's channel).
+    """
+    batches = [(validate_name(name), list(drafts)) for name, drafts in batches if drafts]
+    if not batches:
+        return []
+    using = router.db_for_write(Event)
+    now = timezone.now()
+    by_channel: dict[str, list[EventDraft]] = {}
+    for name, drafts in batches:
+        by_channel.setdefault(name, []).extend(drafts)
+    attempts = 0
+
+    def write() -> dict[str, list[Event]]:
+        nonlocal attempts
+        attempts += 1
+        if attempts > 1:
+            done = _already_appended_many(by_channel, now, using)
+            if done is not None:
+                return done
+        with transaction.atomic(using=using):
+            # Lock order: by id, whoever flushes (a single append locks one row only).
+            locked = list(
+                Channel.objects.using(using)
+                .select_for_update()
+                .filter(name__in=list(by_channel))
+                .order_by("id")
+                .values_list("name", flat=True)
+            )
+            missing = set(by_channel) - set(locked)
+            if missing:
+                raise ValueError(f"No channel {sorted(missing)[0]!r}: append_many() creates none.")
+            if connections[using].vendor == "postgresql":
+                return _append_many_postgresql(by_channel, using, now)
+            out = {}
+            for name, drafts in by_channel.items():
+                channel_id, last_seq = _reserve(name, len(drafts), None, using)
+                first_seq = last_seq - len(drafts) + 1
+                events = [
+                    Event(
+                        channel_id=channel_id,
+                        seq=first_seq + i,
+                        name=draft.name,
+                        run_id=draft.run_id,
+                        data=draft.data,
+                        created_at=now,
+                    )
+                    for i, draft in enumerate(drafts)
+                ]
+                out[name] = Event.objects.using(using).bulk_create(events)
+            return out
+
+    written = retrying(write, using=using)
+    wire = get_wire()
+    for name, drafts in by_channel.items():
+        events = written[name]
+        transaction.on_commit(
+            partial(wire.send_events, name, events[0].seq, frame_texts(events, drafts)),
+            using=using,
+        )
+    release(using)
+    # Hand each batch its own events back, in the order the caller gave them.
+    taken = dict.fromkeys(by_channel, 0)
+    out: list[list[Event]] = []
+    for name, drafts in batches:
+        start = taken[name]
+        taken[name] = start + len(drafts)
+        out.append(written[name][start : start + len(drafts)])
+    return out
+
+
+def _append_many_postgresql(
+    by_channel: dict[str, list[EventDraft]], using: str, now: Any
+) -> dict[str, list[Event]]:
+    """One statement: every channel's seqs reserved, every event inserted."""
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    channel_table, event_table = quote(Channel._meta.db_table), quote(Event._meta.db_table)
+    rows: list[str] = []
+    params: list[Any] = []
+    ordinal = 0
+    for name, drafts in by_channel.items():
+        for draft in drafts:
+            ordinal += 1
+            rows.append("(%s, %s, %s, %s::uuid, %s::jsonb)")
+            run_id = None if draft.run_id is None else str(draft.run_id)
+            params += [ordinal, name, draft.name, run_id, draft.data_json]
+    sql = (
+        f"WITH v(ord, ch, name, run_id, data) AS (VALUES {', '.join(rows)}), "  # noqa: S608
+        "n AS (SELECT ch, count(*) AS k FROM v GROUP BY ch), "
+        f"c AS (UPDATE {channel_table} AS t SET last_seq = t.last_seq + n.k, "
+        "last_event_at = %s FROM n WHERE t.name = n.ch RETURNING t.id, t.name, t.last_seq, n.k), "
+        f"ins AS (INSERT INTO {event_table} (channel_id, seq, name, run_id, data, created_at) "
+        "SELECT c.id, c.last_seq - c.k + row_number() OVER (PARTITION BY v.ch ORDER BY v.ord), "
+        "v.name, v.run_id, v.data, %s FROM v JOIN c ON c.name = v.ch "
+        "RETURNING id, seq, channel_id) "
+        "SELECT ins.id, ins.seq, ins.channel_id, c.name FROM ins JOIN c ON c.id = ins.channel_id "
+        "ORDER BY c.name, ins.seq"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, now, now])
+        inserted = cursor.fetchall()
+    grouped: dict[str, list[tuple[int, int, int]]] = {}
+    for event_id, seq, channel_id, name in inserted:
+        grouped.setdefault(name, []).append((event_id, seq, channel_id))
+    out: dict[str, list[Event]] = {}
+    for name, drafts in by_channel.items():
+        got = grouped.get(name, [])
+        if len(got) != len(drafts):  # pragma: no cover - the channels are locked above
+            raise RuntimeError(f"append_many() wrote {len(got)} of {len(drafts)} on {name!r}.")
+        out[name] = [
+            Event(
+                id=event_id,
+                channel_id=channel_id,
+                seq=seq,
+                name=draft.name,
+                run_id=draft.run_id,
+                data=draft.data,
+                created_at=now,
+            )
+            for (event_id, seq, channel_id), draft in zip(got, drafts, strict=True)
+        ]
+    return out
+
+
+def _already_appended_many(
+    by_channel: dict[str, list[EventDraft]], now: Any, using: str
+) -> dict[str, list[Event]] | None:
+    """The events of an earlier attempt of an :func:`append_many`, if it committed (it
+    wrote all of its channels or none)."""
+    out = {}
+    for name, drafts in by_channel.items():
+        found = _already_appended(name, drafts, now, using)
+        if found is None:
+            return None
+        out[name] = found
+    return out
+
+
+def frame_texts(events: Sequence[Event], drafts: Sequence[EventDraft]) -> list[str]:
+    """The wire frames of just-appended ``events`` (``to_frame()`` as JSON text), built
+    around each draft's encoded data instead of encoding the data again."""
+    if not events:
+        return []
+    ts = events[0].created_at.isoformat()  # one write: one timestamp for all its events
+    names: dict[str, str] = {}
+    runs: dict[Any, str] = {}
+    texts = []
+    for event, draft in zip(events, drafts, strict=True):
+        name_json = names.get(event.name)
+        if name_json is None:
+            name_json = names[event.name] = json.dumps(event.name)
+        run_json = runs.get(event.run_id)
+        if run_json is None:
+            run_json = runs[event.run_id] = json.dumps(str(event.run_id) if event.run_id else None)
+        texts.append(
+            f'{{"type":"event","seq":{event.seq},"event":{name_json},"run":{run_json},'
+            f'"data":{draft.data_json},"ts":"{ts}"}}'
+        )
+    return texts
 
 
 def _already_appended(
@@ -219,7 +413,7 @@ def _append_postgresql(
     params: list[Any] = [count, now, channel, count, now]
     for ordinal, draft in enumerate(drafts, start=1):
         run_id = None if draft.run_id is None else str(draft.run_id)
-        params += [ordinal, draft.name, run_id, json.dumps(draft.data)]
+        params += [ordinal, draft.name, run_id, draft.data_json]
     for _attempt in range(2):
         with connection.cursor() as cursor:
             cursor.execute(sql, params)

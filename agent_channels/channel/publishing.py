@@ -8,9 +8,11 @@ window. The concatenation of a message's deltas always equals its final text.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 import uuid
@@ -21,7 +23,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.db import connection, connections
 
-from agent_channels.channel.log import EventDraft, append
+from agent_channels.channel.log import EventDraft, append, append_many
 from agent_channels.conf import get_config
 from agent_channels.models import Event
 from agent_channels.per_process import PerProcess
@@ -107,8 +109,8 @@ class _Flusher:
             self._cond.notify()
         return self._released.wait(timeout)
 
-    def _next(self) -> MessageStream | bool | None:
-        """The next due stream; False when idle or asked to release connections."""
+    def _next(self) -> list[MessageStream] | bool:
+        """The streams now due; False when idle or asked to release connections."""
         with self._cond:
             while True:
                 if self._release_requested:
@@ -116,7 +118,12 @@ class _Flusher:
                     return False
                 now = time.monotonic()
                 if self._heap and self._heap[0][0] <= now:
-                    return heapq.heappop(self._heap)[2]()
+                    due: dict[int, MessageStream] = {}
+                    while self._heap and self._heap[0][0] <= now:
+                        stream = heapq.heappop(self._heap)[2]()
+                        if stream is not None:
+                            due[id(stream)] = stream
+                    return list(due.values())
                 if self._heap:
                     self._cond.wait(self._heap[0][0] - now)
                 elif not self._cond.wait(self.IDLE_SECONDS) and not self._heap:
@@ -124,21 +131,96 @@ class _Flusher:
 
     def _run(self) -> None:
         while True:
-            stream = self._next()
-            if stream is False:
+            streams = self._next()
+            if streams is False:
                 connections.close_all()  # this thread's connections only
                 self._released.set()
                 continue
-            if stream is None or stream is True:
+            if not streams or streams is True:
                 continue
             try:
                 # No close_old_connections() here: with CONN_MAX_AGE=0 it would reconnect
                 # for every flush; the connection is closed when idle or broken instead.
-                stream.flush_due()
+                if len(streams) == 1:
+                    streams[0].flush_due()
+                else:
+                    _flush_batch(streams)
             except Exception:
                 # The deltas stay buffered; the next write or complete() retries them.
-                logger.exception("agent_channels: timed flush of %s failed", stream.message_id)
+                logger.exception(
+                    "agent_channels: timed flush of %s failed",
+                    ", ".join(stream.message_id for stream in streams),
+                )
                 connections.close_all()
+
+
+#: A process that flushed this many streams within ``BATCH_HORIZON`` seconds is busy: a
+#: stream's next delta then joins the batched flush at the end of the current
+#: ``BATCH_SLOT`` (or of its window, if shorter), one transaction for all of the process's
+#: streams, instead of committing on its own. A quiet process publishes at once. The
+#: horizon spans a few slots, so a process flushing in batches stays busy between them.
+BATCH_MIN_STREAMS = 8
+BATCH_SLOT = 0.05
+BATCH_HORIZON = 2 * BATCH_SLOT
+
+
+class _Load:
+    """When this process's last ``BATCH_MIN_STREAMS`` flushes happened."""
+
+    def __init__(self) -> None:
+        self._times: collections.deque[float] = collections.deque(maxlen=BATCH_MIN_STREAMS)
+        self._lock = threading.Lock()
+
+    def note(self, now: float, count: int = 1) -> None:
+        with self._lock:
+            self._times.extend([now] * min(count, BATCH_MIN_STREAMS))
+
+    def busy(self, now: float) -> bool:
+        with self._lock:
+            return len(self._times) == BATCH_MIN_STREAMS and self._times[0] >= now - BATCH_HORIZON
+
+
+_load = _Load()
+
+
+def _batch_deadline(now: float, window: float) -> float:
+    """The end of the current slot on a grid every stream of the process shares, so the
+    streams deferred within one slot are flushed together."""
+    slot = min(window, BATCH_SLOT)
+    return math.ceil(now / slot) * slot
+
+
+def _flush_batch(streams: list[MessageStream]) -> None:
+    """Flush the pending deltas of ``streams`` in one transaction (:func:`append_many`).
+
+    Each stream's lock is held until its deltas are committed, so none of them can
+    commit later deltas first; locks are taken in one order (the flusher is the only
+    thread that holds more than one).
+    """
+    held: list[MessageStream] = []
+    try:
+        for stream in sorted(streams, key=id):
+            stream._lock.acquire()
+            held.append(stream)
+            stream._timer_armed = False
+        pending = [stream for stream in held if stream._pending]
+        if not pending:
+            return
+        now = time.monotonic()
+        try:
+            append_many([(stream.channel, [stream._delta_draft()]) for stream in pending])
+        except ValueError:
+            # A stream on a channel that does not exist yet: one append each creates it.
+            for stream in pending:
+                stream._flush_locked(now)
+            return
+        for stream in pending:
+            stream._pending.clear()
+            stream._next_flush_at = now + stream.window
+        _load.note(now, len(pending))
+    finally:
+        for stream in held:
+            stream._lock.release()
 
 
 _flusher: PerProcess[_Flusher] = PerProcess(_Flusher)
@@ -205,7 +287,12 @@ class MessageStream:
             self._text.append(delta)
             now = time.monotonic()
             if now >= self._next_flush_at:
-                self._flush_locked(now)
+                if connection.in_atomic_block or self.window <= 0 or not _load.busy(now):
+                    self._flush_locked(now)
+                elif not self._timer_armed:
+                    # Busy process: this delta joins the batched flush ending the window.
+                    self._timer_armed = True
+                    _get_flusher().schedule(_batch_deadline(now, self.window), self)
             elif not self._timer_armed and not connection.in_atomic_block:
                 self._timer_armed = True
                 _get_flusher().schedule(self._next_flush_at, self)
@@ -220,20 +307,19 @@ class MessageStream:
             self._timer_armed = False
             self._flush_locked(time.monotonic())
 
+    def _delta_draft(self) -> EventDraft:
+        text = "".join(self._pending)
+        return EventDraft(
+            "message.delta", {"message_id": self.message_id, "text": text}, self.run_id
+        )
+
     def _flush_locked(self, now: float) -> None:
         if not self._pending:
             return
-        text = "".join(self._pending)
-        append(
-            self.channel,
-            [
-                EventDraft(
-                    "message.delta", {"message_id": self.message_id, "text": text}, self.run_id
-                )
-            ],
-        )
+        append(self.channel, [self._delta_draft()])
         self._pending.clear()
         self._next_flush_at = now + self.window
+        _load.note(now)
 
     def complete(self, **extra: Any) -> Event:
         """Flush, then publish ``message.completed`` with the full text (and ``extra`` data)."""

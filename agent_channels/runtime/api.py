@@ -105,12 +105,16 @@ def start_run(
                     f"{queued} runs already wait on this channel (at most {queue_limit}).",
                     "too_many_queued",
                 )
+        # The run.queued event below takes the next seq: the channel row is locked, so
+        # nothing else can take it first. Set now, it saves an UPDATE (checked below).
+        queued_seq = row.last_seq + 1
         run = Run.objects.create(
             channel=row,
             agent=agent,
             input=input,
             created_by=user if owner_id is not None else None,
             time_limit=time_limit,
+            control_seq=queued_seq,
         )
         queued_event = append(
             channel,
@@ -130,8 +134,9 @@ def start_run(
                 )
             ],
         )[0]
-        Run.objects.filter(pk=run.pk).update(control_seq=queued_event.seq)
-        run.control_seq = queued_event.seq
+        if queued_event.seq != queued_seq:  # pragma: no cover - a writer that skips the lock
+            Run.objects.filter(pk=run.pk).update(control_seq=queued_event.seq)
+            run.control_seq = queued_event.seq
         if policy == "interrupt":
             for other in active:
                 _supersede(other, channel, run)

@@ -40,10 +40,18 @@ class Journal:
     def __init__(self, run_id: Any, attempt: int) -> None:
         self.run_id = run_id
         self.attempt = attempt
-        self._steps = {
-            s.index: StepRecord(s.index, s.kind, s.name, s.status == StepStatus.COMPLETED, s.result)
-            for s in retrying(lambda: list(Step.objects.filter(run_id=run_id)))
-        }
+        # A run's first attempt has no steps yet (only an executing attempt writes them,
+        # and claiming counts the attempt): one query less before its first event.
+        self._steps = (
+            {}
+            if attempt <= 1
+            else {
+                s.index: StepRecord(
+                    s.index, s.kind, s.name, s.status == StepStatus.COMPLETED, s.result
+                )
+                for s in retrying(lambda: list(Step.objects.filter(run_id=run_id)))
+            }
+        )
         self._next = 0
 
     @property

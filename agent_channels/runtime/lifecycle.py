@@ -14,7 +14,7 @@ from functools import cache
 from typing import Any
 
 from django.db import connections, router, transaction
-from django.db.models import Q
+from django.db.models import Exists, Q, Subquery
 from django.utils import timezone
 
 from agent_channels.channel.connections import retrying
@@ -117,24 +117,24 @@ def _claim(run_id: Any) -> tuple[Run, bool] | None:
     now = timezone.now()
     stale = now - timedelta(seconds=config["STALE_AFTER_SECONDS"])
     with transaction.atomic():
-        run = Run.objects.select_for_update().select_related("channel").filter(pk=run_id).first()
+        # The run's row and its channel's, locked in one statement (run first, as before).
+        # The channel row lock serialises claims of one channel's runs: two workers cannot
+        # both see "nothing running" and start two runs side by side.
+        run = (
+            Run.objects.select_for_update(of=("self", "channel"))
+            .select_related("channel")
+            .filter(pk=run_id)
+            .first()
+        )
         if run is None:
             logger.warning("agent_channels: run %s does not exist; skipped", run_id)
             return None
+        previous_end = None
         if run.status == RunStatus.QUEUED:
-            # The channel row lock serialises claims of one channel's runs: two workers
-            # cannot both see "nothing running" and start two runs side by side.
-            list(Channel.objects.select_for_update().filter(pk=run.channel_id).values_list("pk"))
-            # One query: an active run, or one queued before this one (starts first).
-            busy = (
-                Run.objects.filter(channel_id=run.channel_id)
-                .exclude(pk=run.pk)
-                .filter(
-                    Q(status__in=[RunStatus.RUNNING, RunStatus.WAITING])
-                    | Q(status=RunStatus.QUEUED, created_at__lt=run.created_at)
-                )
-                .exists()
-            )
+            # One query, after the locks (so it sees what their last holder committed): an
+            # active run or one queued before this one (it starts first), and where the
+            # channel's previous run ended (see control_seq below).
+            busy, previous_end = _busy_and_previous_end(run)
             if busy:
                 return None
             recovering = False
@@ -157,13 +157,6 @@ def _claim(run_id: Any) -> tuple[Run, bool] | None:
             # Control sent while an earlier run of the channel was still going was meant
             # for that run; control sent after this run was queued is for this one, even
             # if it arrives before the run starts (a stop racing the start is not lost).
-            previous_end = (
-                Event.objects.filter(channel_id=run.channel_id, name__in=TERMINAL_EVENTS.values())
-                .exclude(run_id=run.pk)
-                .order_by("-seq")
-                .values_list("seq", flat=True)
-                .first()
-            )
             run.control_seq = max(run.control_seq, previous_end or 0)
         run.status = RunStatus.RUNNING
         run.attempts += 1
@@ -186,6 +179,34 @@ def _claim(run_id: Any) -> tuple[Run, bool] | None:
         )
         _event(run, channel, "run.started", {"attempt": run.attempts, "recovered": recovering})
     return run, recovering
+
+
+def _busy_and_previous_end(run: Run) -> tuple[bool, int | None]:
+    """Whether another run of ``run``'s channel must go first, and the seq of the last
+    terminal event of another run of the channel (None: there is none)."""
+    busy = (
+        Run.objects.filter(channel_id=run.channel_id)
+        .exclude(pk=run.pk)
+        .filter(
+            Q(status__in=[RunStatus.RUNNING, RunStatus.WAITING])
+            | Q(status=RunStatus.QUEUED, created_at__lt=run.created_at)
+        )
+    )
+    previous_end = (
+        Event.objects.filter(channel_id=run.channel_id, name__in=TERMINAL_EVENTS.values())
+        .exclude(run_id=run.pk)
+        .order_by("-seq")
+        .values_list("seq")[:1]
+    )
+    row = (
+        Channel.objects.filter(pk=run.channel_id)
+        .annotate(busy=Exists(busy), previous_end=Subquery(previous_end))
+        .values_list("busy", "previous_end")
+        .first()
+    )
+    if row is None:  # pragma: no cover - the channel row is locked above
+        return True, None
+    return bool(row[0]), row[1]
 
 
 def _finish_locked(run: Run, channel: str, status: str, data: dict[str, Any]) -> None:

@@ -35,7 +35,19 @@ class CeleryBackend(RunBackend):
     def enqueue(self, run_id: str) -> None:
         options: dict[str, Any] = {"queue": self.queue} if self.queue else {}
         options.update(time_limits(run_id))
-        self.app.send_task(TASK_NAME, args=[run_id], **options)
+        # No result is kept (the run's row is the result), and none is built: Celery's
+        # AsyncResult sets up the app's result backend once per *thread*, an entry-points
+        # scan of ~4 ms, and an ASGI server runs every request in a fresh thread.
+        self.app.send_task(
+            TASK_NAME, args=[run_id], ignore_result=True, result_cls=_SentTask, **options
+        )
+
+
+class _SentTask:
+    """What ``send_task`` returns here: the task id only."""
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
 
 
 def time_limits(run_id: str) -> dict[str, float]:
