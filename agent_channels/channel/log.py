@@ -99,6 +99,26 @@ def _encode_storable(data: Any) -> str:
     return text
 
 
+def _reserve_and_insert(
+    name: str, drafts: Sequence[EventDraft], owner_id: Any, using: str, now: Any
+) -> list[Event]:
+    """The portable path (inside the caller's transaction): reserve seqs, insert the rows."""
+    channel_id, last_seq = _reserve(name, len(drafts), owner_id, using)
+    first_seq = last_seq - len(drafts) + 1
+    events = [
+        Event(
+            channel_id=channel_id,
+            seq=first_seq + i,
+            name=draft.name,
+            run_id=draft.run_id,
+            data=draft.data,
+            created_at=now,
+        )
+        for i, draft in enumerate(drafts)
+    ]
+    return Event.objects.using(using).bulk_create(events)
+
+
 def _reserve(name: str, count: int, owner_id: Any, using: str) -> tuple[int, int]:
     """Add ``count`` to the channel's last_seq, creating the channel if needed.
 
@@ -173,21 +193,7 @@ def append(
         if connections[using].vendor == "postgresql":
             return _append_postgresql(channel, drafts, owner_id, using, now)
         with transaction.atomic(using=using):
-            channel_id, last_seq = _reserve(channel, len(drafts), owner_id, using)
-            first_seq = last_seq - len(drafts) + 1
-            events = [
-                Event(
-                    channel_id=channel_id,
-                    seq=first_seq + i,
-                    name=draft.name,
-                    run_id=draft.run_id,
-                    data=draft.data,
-                    created_at=now,
-                )
-                for i, draft in enumerate(drafts)
-            ]
-            Event.objects.using(using).bulk_create(events)
-        return events
+            return _reserve_and_insert(channel, drafts, owner_id, using, now)
 
     events = retrying(write, using=using)
     if notify:
@@ -244,23 +250,10 @@ def append_many(
                 raise ValueError(f"No channel {sorted(missing)[0]!r}: append_many() creates none.")
             if connections[using].vendor == "postgresql":
                 return _append_many_postgresql(by_channel, using, now)
-            out = {}
-            for name, drafts in by_channel.items():
-                channel_id, last_seq = _reserve(name, len(drafts), None, using)
-                first_seq = last_seq - len(drafts) + 1
-                events = [
-                    Event(
-                        channel_id=channel_id,
-                        seq=first_seq + i,
-                        name=draft.name,
-                        run_id=draft.run_id,
-                        data=draft.data,
-                        created_at=now,
-                    )
-                    for i, draft in enumerate(drafts)
-                ]
-                out[name] = Event.objects.using(using).bulk_create(events)
-            return out
+            return {
+                name: _reserve_and_insert(name, drafts, None, using, now)
+                for name, drafts in by_channel.items()
+            }
 
     written = retrying(write, using=using)
     wire = get_wire()
