@@ -179,12 +179,15 @@ _LIMITS = {
     "HTTP_MESSAGES_RATE": "requests per second >= 0 (0 turns the throttle off)",
     "HTTP_MESSAGES_BURST": "an integer >= 1",
     "MAX_PAGE_BYTES": "an integer >= 1",
+    "SOCKET_SLOT_SECONDS": "seconds > 0",
 }
 
 
 def _limit_ok(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return False
+    if name.endswith("SECONDS"):
+        return isinstance(value, int | float) and value > 0
     if "RATE" in name:
         return isinstance(value, int | float) and value >= 0
     if value is None:

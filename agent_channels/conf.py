@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_QUEUED_RUNS_PER_CHANNEL": 10,
     # WebSockets one logged-in user may hold open in one server process; None: no limit.
     "MAX_SOCKETS_PER_USER": 50,
+    # With a shared THROTTLE_CACHE: how long a dead process's socket slots outlive it.
+    "SOCKET_SLOT_SECONDS": 60,
     # HTTP throttles per user (token buckets in THROTTLE_CACHE): requests per second and the
     # burst a user may save up, for POST runs/ and POST messages/. A rate of 0 turns one off.
     "HTTP_RUNS_RATE": 0.5,

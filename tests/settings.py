@@ -157,6 +157,20 @@ if os.environ.get("AGCH_DS_CONFORMANCE"):
         AGENT_CHANNELS["DURABLE_STREAMS_LONG_POLL_SECONDS"] = float(os.environ["AGCH_DS_LONG_POLL"])
 if os.environ.get("AGCH_MAX_SOCKETS"):
     AGENT_CHANNELS["MAX_SOCKETS_PER_USER"] = int(os.environ["AGCH_MAX_SOCKETS"])
+if os.environ.get("AGCH_SHARED_CACHE"):
+    # Processes that share THROTTLE_CACHE (the cross-process socket count): a Redis cache
+    # in the layer's database, under this run's prefix.
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "shared": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"agch-test-{RUN_ID}",
+        },
+    }
+    AGENT_CHANNELS["THROTTLE_CACHE"] = "shared"
+if os.environ.get("AGCH_SOCKET_SLOT_SECONDS"):
+    AGENT_CHANNELS["SOCKET_SLOT_SECONDS"] = float(os.environ["AGCH_SOCKET_SLOT_SECONDS"])
 if os.environ.get("AGCH_HTTP_RUNS_RATE"):
     AGENT_CHANNELS["HTTP_RUNS_RATE"] = float(os.environ["AGCH_HTTP_RUNS_RATE"])
     AGENT_CHANNELS["HTTP_RUNS_BURST"] = int(os.environ.get("AGCH_HTTP_RUNS_BURST", "1"))

@@ -36,6 +36,7 @@ def test_e301_not_raised_for_per_user_prefixes_or_none(value):
         ("HTTP_MESSAGES_BURST", 0, "an integer >= 1"),
         ("MAX_PAGE_BYTES", None, "an integer >= 1"),
         ("MAX_QUEUED_RUNS_PER_CHANNEL", True, "an integer >= 0, or None for no limit"),
+        ("SOCKET_SLOT_SECONDS", 0, "seconds > 0"),
     ],
 )
 def test_e302_bad_limits(name, value, expected):

@@ -283,3 +283,123 @@ def test_daphne_refuses_a_users_socket_past_the_limit_and_throttles_starts(djang
     finally:
         server.stop()
     wait_for(lambda: not Run.objects.active().exists())
+
+
+# -- slots in a shared cache ---------------------------------------------------------------
+
+
+def test_cache_slots_hold_the_limit_expire_and_free():
+    import time
+
+    from django.core.cache.backends.locmem import LocMemCache
+
+    from agent_channels.ws.sockets import CacheSlots
+
+    shared = LocMemCache("agch-slots-test", {})
+    first, second, third = (CacheSlots(shared, 7, ttl=1) for _ in range(3))
+    assert first.take(2) and second.take(2) and not third.take(2)
+    assert first.key != second.key and first.count(2) == 2
+    # Refreshing keeps a slot past its first time-out; one not refreshed lapses.
+    time.sleep(0.6)
+    first.refresh()
+    time.sleep(0.6)
+    assert first.count(2) == 1 and third.take(2) and third.key == second.key
+    # Releasing frees the slot at once; a lapsed holder's release leaves the new holder alone.
+    first.release()
+    second.release()
+    assert first.count(2) == 1 and CacheSlots(shared, 8, ttl=1).take(1)
+
+
+async def test_an_event_stream_counts_against_the_socket_limit(django_user_model, quotas):
+    from django.test import AsyncClient
+
+    quotas(MAX_SOCKETS_PER_USER=1)
+    user = await database_sync_to_async(django_user_model.objects.create_user)("erin")
+    await database_sync_to_async(publish)("erins", "tick", owner=user)
+    ws = await connect("erins", user)
+    assert (await recv(ws))["type"] == "hello"
+    client = AsyncClient()
+    await client.aforce_login(user)
+    response = await client.get("/agent-channels/erins/events/", headers={"Accept": "text/event-stream"})
+    assert response.status_code == 429 and response.json()["code"] == "too_many_sockets"
+    await ws.disconnect()
+
+
+@pytest.mark.integration
+@pytest.mark.redis
+def test_two_daphnes_share_a_users_socket_slots(django_user_model):
+    import asyncio
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    import websockets
+
+    from .procs import Daphne
+
+    user = django_user_model.objects.create_user("frank")
+    client = logged_in(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}; csrftoken={TOKEN}"
+    channel = f"{client.ns}slots"
+    publish(channel, "tick", owner=user)
+    env = {"AGCH_SHARED_CACHE": "1", "AGCH_MAX_SOCKETS": "2", "AGCH_SOCKET_SLOT_SECONDS": "3"}
+    a, b = Daphne(**env), Daphne(**env)
+
+    def stream(server):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}/agent-channels/{quote(channel, safe='')}/events/",
+            headers={"Cookie": cookie, "Accept": "text/event-stream"},
+        )
+        try:
+            response = urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+        assert response.readline().startswith(b"retry:")
+        return 200, response
+
+    async def open_ws(server):
+        ws = await websockets.connect(server.ws_url(quote(channel, safe="")),
+                                      origin=f"http://127.0.0.1:{server.port}",
+                                      additional_headers={"Cookie": cookie})
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        return ws, frame.get("code", frame["type"])
+
+    async def scenario():
+        on_a, hello = await open_ws(a)
+        status, sse_on_a = await asyncio.to_thread(stream, a)
+        assert (hello, status) == ("hello", 200)
+        # The user holds two on A: B refuses a socket and a stream.
+        refused, code = await open_ws(b)
+        assert code == "too_many_sockets"
+        await refused.close()
+        status, body = await asyncio.to_thread(stream, b)
+        assert (status, body["code"]) == (429, "too_many_sockets")
+        # Closing A's socket frees its slot for B.
+        await on_a.close()
+        await asyncio.sleep(0.3)
+        on_b, hello = await open_ws(b)
+        assert hello == "hello"
+        # A dies holding the stream's slot: refused until the slot expires, then let in.
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait(10)
+        sse_on_a.close()
+        refused, code = await open_ws(b)
+        assert code == "too_many_sockets"
+        await refused.close()
+        started = time.monotonic()
+        while True:
+            ws, code = await open_ws(b)
+            await ws.close()
+            if code == "hello":
+                break
+            assert time.monotonic() - started < 8, "the dead process's slot never expired"
+            await asyncio.sleep(0.5)
+        await on_b.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        a.stop()
+        b.stop()

@@ -36,6 +36,7 @@ from agent_channels.views import events as json_events
 from agent_channels.views.http import error as _error
 from agent_channels.ws.backpressure import find_transport, pending_bytes
 from agent_channels.ws.refresh import track, untrack
+from agent_channels.ws.sockets import SocketSlots
 
 __all__ = [
     "TRANSPORT_SCOPE_KEY",
@@ -138,19 +139,47 @@ async def stream_events(request: HttpRequest, channel: str) -> HttpResponseBase:
             400, "since_ahead", f"since={since} is past the newest event ({head}).", last_seq=head
         )
     start = pruned if since is None else since
+    # A stream holds what a WebSocket holds: it counts against the same per-user limit.
+    slots = SocketSlots()
+    if not await slots.take(user, get_config()["MAX_SOCKETS_PER_USER"]):
+        return _error(
+            429,
+            "too_many_sockets",
+            "You have too many connections open; close some (other tabs) and reconnect.",
+        )
     scope = getattr(request, "scope", {})  # an ASGIRequest's; WSGI requests have none
-    stream = EventStream(name, start, scope.get(TRANSPORT_SCOPE_KEY))
-    streaming = StreamingHttpResponse(stream.run(), content_type="text/event-stream")
+    stream = EventStream(name, start, scope.get(TRANSPORT_SCOPE_KEY), slots)
+    streaming = _CountedStream(
+        slots, asyncio.get_running_loop(), stream.run(), content_type="text/event-stream"
+    )
     streaming["Cache-Control"] = "no-cache"
     # nginx buffers proxied responses by default, which would hold events back.
     streaming["X-Accel-Buffering"] = "no"
     return streaming
 
 
+class _CountedStream(StreamingHttpResponse):
+    """Gives the stream's slot back when the server closes the response, which it does
+    even when the client left before the first byte (the generator never ran then)."""
+
+    def __init__(
+        self, slots: SocketSlots, loop: asyncio.AbstractEventLoop, *args: Any, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots, self._loop = slots, loop
+
+    def close(self) -> None:
+        super().close()
+        self._slots.give_back_soon(self._loop)
+
+
 class EventStream:
     """One SSE connection: sends events after ``sent`` from the log, woken by the layer."""
 
-    def __init__(self, name: str, sent: int, transport: Any) -> None:
+    def __init__(
+        self, name: str, sent: int, transport: Any, slots: SocketSlots | None = None
+    ) -> None:
+        self.slots = slots or SocketSlots()
         self.name = name
         self.sent = sent
         self.transport = transport
@@ -170,6 +199,7 @@ class EventStream:
 
     async def run(self) -> AsyncIterator[str]:
         group = event_group(self.name)
+        self.slots.keep()
         reply_channel = await self.layer.new_channel() if self.layer is not None else None
         if reply_channel is not None:
             await self.layer.group_add(group, reply_channel)
@@ -183,6 +213,7 @@ class EventStream:
                 yield chunk
         finally:
             untrack(self)
+            await self.slots.give_back()
             if reply_channel is not None:
                 await self.layer.group_discard(group, reply_channel)
 

@@ -108,7 +108,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             )
         # After the access check, so only channels the user may read are counted (and a
         # refused name answers the same however many sockets the user holds).
-        if not self.slots.take(self.user, self.config["MAX_SOCKETS_PER_USER"]):
+        if not await self.slots.take(self.user, self.config["MAX_SOCKETS_PER_USER"]):
             return await self._deny(
                 close_codes.TOO_MANY,
                 "too_many_sockets",
@@ -160,6 +160,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             batch=self._flag("batch"),
         )
         self.pump_task = asyncio.create_task(self._run_pump(self.pump))
+        self.slots.keep()
         track(self)
         if wants_presence(self.scope):
             tracker = PresenceTracker(
@@ -323,11 +324,11 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         finally:
             # The server may cancel the instance without a disconnect (shutdown, timeouts).
             self._stop_pump()
-            self.slots.give_back()
+            await self.slots.give_back()
 
     async def disconnect(self, code: int) -> None:
         self._stop_pump()
-        self.slots.give_back()
+        await self.slots.give_back()
         if self.group is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
