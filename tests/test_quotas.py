@@ -225,6 +225,7 @@ async def test_a_user_may_hold_only_so_many_sockets(django_user_model, quotas):
 @pytest.mark.integration
 def test_daphne_refuses_a_users_socket_past_the_limit_and_throttles_starts(django_user_model):
     import asyncio
+    import time
     import urllib.error
     import urllib.request
     from urllib.parse import quote
@@ -272,8 +273,26 @@ def test_daphne_refuses_a_users_socket_past_the_limit_and_throttles_starts(djang
         except urllib.error.HTTPError as exc:
             return exc.code, json.load(exc), exc.headers.get("Retry-After")
 
+    def streams_opened_and_closed(times: int) -> list[int]:
+        # Each stream ends before the next opens: a leaked slot would refuse the third.
+        statuses = []
+        for _ in range(times):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{server.port}/agent-channels/{quote(channel, safe='')}/events/",
+                headers={"Cookie": cookie, "Accept": "text/event-stream"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    response.readline()
+                    statuses.append(response.status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+            time.sleep(0.3)
+        return statuses
+
     try:
         first, second, third, code, reopened = asyncio.run(sockets())
+        assert streams_opened_and_closed(4) == [200, 200, 200, 200]
         assert first["type"] == second["type"] == "hello"
         assert third["type"] == "error" and third["code"] == "too_many_sockets"
         assert code == 4429 and reopened == "hello"
@@ -308,6 +327,23 @@ def test_cache_slots_hold_the_limit_expire_and_free():
     first.release()
     second.release()
     assert first.count(2) == 1 and CacheSlots(shared, 8, ttl=1).take(1)
+
+
+async def test_sockets_are_served_uncounted_while_the_shared_cache_is_down(settings):
+    from types import SimpleNamespace
+
+    from agent_channels.ws.sockets import SocketSlots
+
+    settings.CACHES = {
+        **settings.CACHES,
+        # Nothing listens on port 1: every cache call fails at once.
+        "down": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                 "LOCATION": "redis://127.0.0.1:1/0"},
+    }
+    settings.AGENT_CHANNELS = {**settings.AGENT_CHANNELS, "THROTTLE_CACHE": "down"}
+    slots = SocketSlots()
+    assert await slots.take(SimpleNamespace(pk=1, is_authenticated=True), 1)
+    await slots.give_back()
 
 
 async def test_an_event_stream_counts_against_the_socket_limit(django_user_model, quotas):
@@ -396,6 +432,20 @@ def test_two_daphnes_share_a_users_socket_slots(django_user_model):
                 break
             assert time.monotonic() - started < 8, "the dead process's slot never expired"
             await asyncio.sleep(0.5)
+        # A stream that ends frees its slot too.
+        status, sse_on_b = await asyncio.to_thread(stream, b)
+        refused, code = await open_ws(b)
+        assert (status, code) == (200, "too_many_sockets")
+        await refused.close()
+        sse_on_b.close()
+        started = time.monotonic()
+        while True:
+            ws, code = await open_ws(b)
+            await ws.close()
+            if code == "hello":
+                break
+            assert time.monotonic() - started < 2, "a closed stream kept its slot"
+            await asyncio.sleep(0.2)
         await on_b.close()
 
     try:

@@ -106,8 +106,13 @@ class SocketSlots:
         cache = shared_cache()
         if cache is not None:
             shared = CacheSlots(cache, user.pk, float(get_config()["SOCKET_SLOT_SECONDS"]))
-            if not await sync_to_async(shared.take, thread_sensitive=False)(limit):
-                return False
+            try:
+                if not await sync_to_async(shared.take, thread_sensitive=False)(limit):
+                    return False
+            except Exception:
+                # The cache is down: serve the connection uncounted rather than refuse all.
+                logger.warning("agent_channels: counting sockets failed", exc_info=True)
+                return True
             self.shared = shared
             return True
         key = user.pk
