@@ -61,3 +61,35 @@ class Seen:
             self.gaps += 1
         self.seqs.append(seq)
         self.frames[seq] = (name, data)
+
+
+async def follow_socket(seen: Seen, port: int, cookie: str, channel: str, done: Any,
+                        origin: str | None = None) -> None:
+    """Follow a channel over the WebSocket on ``port`` until ``done`` is set; on any close,
+    reconnect with ``?since=<last seq>`` (what the packaged client does)."""
+    import asyncio
+    import json
+
+    import websockets
+
+    origin = origin or f"http://127.0.0.1:{port}"
+    while not done.is_set():
+        url = f"ws://127.0.0.1:{port}/ws/agent-channels/{channel}/?since={seen.last}"
+        seen.connects += 1
+        try:
+            async with websockets.connect(
+                url, additional_headers={"Cookie": cookie, "Origin": origin}, open_timeout=5,
+            ) as ws:
+                while not done.is_set():
+                    try:
+                        frame = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
+                    except TimeoutError:
+                        continue
+                    if frame["type"] == "error":
+                        seen.errors.append(frame["code"])
+                        break
+                    if frame["type"] == "event":
+                        seen.add(frame["seq"], frame["event"], frame["data"])
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException):
+            pass
+        await asyncio.sleep(0.2)

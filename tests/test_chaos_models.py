@@ -29,13 +29,12 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-import websockets
 from django.conf import settings
 from django.test import Client
 
 from agent_channels.models import Channel, Event, Run, Step
 
-from .helpers import Seen
+from .helpers import Seen, follow_socket
 from .procs import CeleryWorker, Daphne
 
 pytestmark = [
@@ -77,29 +76,6 @@ class Cluster:
                 proc.stop()
 
 
-async def follow(seen: Seen, port: int, cookie: str, channel: str, done: threading.Event) -> None:
-    """Follow a channel; on any close, reconnect with ?since=<last seq>."""
-    origin = f"http://127.0.0.1:{port}"
-    while not done.is_set():
-        url = f"ws://127.0.0.1:{port}/ws/agent-channels/{channel}/?since={seen.last}"
-        seen.connects += 1
-        try:
-            async with websockets.connect(
-                url, additional_headers={"Cookie": cookie, "Origin": origin}, open_timeout=5,
-            ) as ws:
-                while not done.is_set():
-                    try:
-                        frame = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
-                    except TimeoutError:
-                        continue
-                    if frame["type"] == "error":
-                        seen.errors.append(frame["code"])
-                        break
-                    if frame["type"] == "event":
-                        seen.add(frame["seq"], frame["event"], frame["data"])
-        except (OSError, TimeoutError, websockets.exceptions.WebSocketException):
-            pass
-        await asyncio.sleep(0.2)
 
 
 def post_run(port: int, cookie: str, channel: str, tag: str) -> bool:
@@ -153,7 +129,7 @@ def test_workers_killed_mid_answer_never_repeat_a_completed_model_call(llm, sess
     def run_clients() -> None:
         async def main() -> None:
             await asyncio.gather(*(
-                follow(seen, cluster.daphnes[i % 2].port, session_cookie, name, done)
+                follow_socket(seen, cluster.daphnes[i % 2].port, session_cookie, name, done)
                 for i, (name, seen) in enumerate(clients.items())
             ))
         try:

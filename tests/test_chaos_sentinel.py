@@ -28,13 +28,12 @@ from pathlib import Path
 
 import pytest
 import redis
-import websockets
 from django.conf import settings
 from django.test import Client
 
 from agent_channels.models import Channel, Event, Run
 
-from .helpers import Seen, wait_for
+from .helpers import Seen, follow_socket, wait_for
 from .procs import CeleryWorker, Daphne, free_port, wait_for_port
 
 pytestmark = [
@@ -136,29 +135,6 @@ class RedisGroup:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-async def follow(seen: Seen, port: int, cookie: str, channel: str, done: threading.Event) -> None:
-    """Follow the channel through daphne; on any close, reconnect with ?since=<last seq>."""
-    origin = f"http://127.0.0.1:{port}"
-    while not done.is_set():
-        url = f"ws://127.0.0.1:{port}/ws/agent-channels/{channel}/?since={seen.last}"
-        seen.connects += 1
-        try:
-            async with websockets.connect(
-                url, additional_headers={"Cookie": cookie, "Origin": origin}, open_timeout=5,
-            ) as ws:
-                while not done.is_set():
-                    try:
-                        frame = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
-                    except TimeoutError:
-                        continue
-                    if frame["type"] == "error":
-                        seen.errors.append(frame["code"])
-                        break
-                    if frame["type"] == "event":
-                        seen.add(frame["seq"], frame["event"], frame["data"])
-        except (OSError, TimeoutError, websockets.exceptions.WebSocketException):
-            pass
-        await asyncio.sleep(0.2)
 
 
 def start_run(port: int, cookie: str, channel: str) -> str:
@@ -201,7 +177,7 @@ def test_a_sentinel_failover_mid_stream_loses_duplicates_and_reorders_nothing(
 
     def run_clients() -> None:
         async def main() -> None:
-            await asyncio.gather(*(follow(s, daphne.port, session_cookie, channel, done)  # type: ignore[union-attr]
+            await asyncio.gather(*(follow_socket(s, daphne.port, session_cookie, channel, done)  # type: ignore[union-attr]
                                    for s in clients))
         try:
             asyncio.run(main())

@@ -24,13 +24,12 @@ import urllib.request
 import uuid
 
 import pytest
-import websockets
 from django.conf import settings
 from django.test import Client
 
 from agent_channels.models import Channel, Event, Run
 
-from .helpers import Seen, wait_for
+from .helpers import Seen, follow_socket, wait_for
 from .procs import CeleryWorker, Daphne, Nginx
 
 _NO_NGINX = shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx")
@@ -105,26 +104,8 @@ def start_run(front: Front, cookie: str, channel: str) -> str:
 async def follow_ws(seen: Seen, front: Front, cookie: str, channel: str,
                     done: threading.Event) -> None:
     """A WebSocket client through nginx: on any close, reconnect with ?since=<last seq>."""
-    while not done.is_set():
-        url = f"ws://127.0.0.1:{front.nginx.port}/ws/agent-channels/{channel}/?since={seen.last}"  # type: ignore[union-attr]
-        seen.connects += 1
-        try:
-            async with websockets.connect(
-                url, additional_headers={"Cookie": cookie, "Origin": front.origin}, open_timeout=5,
-            ) as ws:
-                while not done.is_set():
-                    try:
-                        frame = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
-                    except TimeoutError:
-                        continue
-                    if frame["type"] == "error":
-                        seen.errors.append(frame["code"])
-                        break
-                    if frame["type"] == "event":
-                        seen.add(frame["seq"], frame["event"], frame["data"])
-        except (OSError, TimeoutError, websockets.exceptions.WebSocketException):
-            pass
-        await asyncio.sleep(0.2)
+    assert front.nginx is not None
+    await follow_socket(seen, front.nginx.port, cookie, channel, done, origin=front.origin)
 
 
 def follow_sse(seen: Seen, front: Front, cookie: str, channel: str, done: threading.Event) -> None:
