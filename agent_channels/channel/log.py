@@ -99,6 +99,22 @@ def _encode_storable(data: Any) -> str:
     return text
 
 
+def _inserted_events(rows: Sequence[Any], drafts: Sequence[EventDraft], now: Any) -> list[Event]:
+    """Events from the ``(id, seq, channel_id)`` rows a RETURNING insert gave, in order."""
+    return [
+        Event(
+            id=event_id,
+            channel_id=channel_id,
+            seq=seq,
+            name=draft.name,
+            run_id=draft.run_id,
+            data=draft.data,
+            created_at=now,
+        )
+        for (event_id, seq, channel_id), draft in zip(rows, drafts, strict=True)
+    ]
+
+
 def _reserve_and_insert(
     name: str, drafts: Sequence[EventDraft], owner_id: Any, using: str, now: Any
 ) -> list[Event]:
@@ -313,18 +329,7 @@ def _append_many_postgresql(
         got = grouped.get(name, [])
         if len(got) != len(drafts):  # pragma: no cover - the channels are locked above
             raise RuntimeError(f"append_many() wrote {len(got)} of {len(drafts)} on {name!r}.")
-        out[name] = [
-            Event(
-                id=event_id,
-                channel_id=channel_id,
-                seq=seq,
-                name=draft.name,
-                run_id=draft.run_id,
-                data=draft.data,
-                created_at=now,
-            )
-            for (event_id, seq, channel_id), draft in zip(got, drafts, strict=True)
-        ]
+        out[name] = _inserted_events(got, drafts, now)
     return out
 
 
@@ -412,18 +417,7 @@ def _append_postgresql(
             cursor.execute(sql, params)
             inserted = cursor.fetchall()
         if inserted:
-            return [
-                Event(
-                    id=event_id,
-                    channel_id=channel_id,
-                    seq=seq,
-                    name=draft.name,
-                    run_id=draft.run_id,
-                    data=draft.data,
-                    created_at=now,
-                )
-                for (event_id, seq, channel_id), draft in zip(inserted, drafts, strict=True)
-            ]
+            return _inserted_events(inserted, drafts, now)
         Channel.objects.using(using).bulk_create(
             [Channel(name=channel, owner_id=owner_id)], ignore_conflicts=True
         )
