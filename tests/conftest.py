@@ -118,3 +118,17 @@ def inprocess_runtime() -> Iterator[None]:
     from agent_channels.channel.publishing import release_connections
 
     release_connections()
+
+
+@pytest.fixture(autouse=True)
+def _layer_instance_per_test() -> Iterator[None]:
+    """channels-redis keeps receive state (locks, buffers) on the layer instance, bound to
+    the event loop that used it, and each async test runs on a loop of its own: every test
+    gets an instance of its own, as every server process has. The in-memory layer is kept,
+    since it *is* the messages (background threads hold it)."""
+    yield
+    from channels.layers import InMemoryChannelLayer, channel_layers
+
+    for alias, layer in list(channel_layers.backends.items()):
+        if not isinstance(layer, InMemoryChannelLayer):
+            channel_layers.backends.pop(alias, None)

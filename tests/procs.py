@@ -61,8 +61,11 @@ class Daphne:
         self.log_path = ROOT / f".daphne-{self.port}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
+            # daphne drops a handshake the application has not answered within 5 s; on a
+            # test machine whose 2 cores also run workers, PostgreSQL and 100 clients, a
+            # burst of handshakes can take longer than that without anything being wrong.
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "tests.asgi:application"],
+             "--websocket_connect_timeout", "30", "tests.asgi:application"],
             env=child_env(**env), cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, self.proc)

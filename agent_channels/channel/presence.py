@@ -22,7 +22,6 @@ them, sent only to connections whose user may send to the channel (the access po
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import time
@@ -38,6 +37,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from agent_channels.channel.names import event_group
+from agent_channels.channel.receiving import receive
 from agent_channels.conf import get_config
 from agent_channels.models import Channel, Presence
 
@@ -183,10 +183,8 @@ class PresenceTracker:
             if current != last:
                 await self.send_text(json.dumps(current, separators=(",", ":")))
                 last = current
-            with contextlib.suppress(TimeoutError):  # a nudge, or time to refresh
-                await asyncio.wait_for(
-                    self.layer.receive(inbox), max(0.0, next_refresh - time.monotonic())
-                )
+            # A nudge, or time to refresh.
+            await receive(self.layer, inbox, max(0.0, next_refresh - time.monotonic()))
             if time.monotonic() >= next_refresh:
                 # A row lost to a ghost sweep, or a channel created since: join (again).
                 if not (joined and await database_sync_to_async(refresh)(self.connection)):

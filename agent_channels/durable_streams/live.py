@@ -16,6 +16,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
+from agent_channels.channel.receiving import receive
 from agent_channels.conf import get_config
 
 __all__ = ["WAKE_MESSAGE", "Waiter", "announce", "stream_group"]
@@ -76,13 +77,7 @@ class Waiter:
         if self.channel is None:
             await asyncio.sleep(timeout)
             return None
-        try:
-            message: dict[str, Any] = await asyncio.wait_for(
-                self.layer.receive(self.channel), timeout
-            )
-        except TimeoutError:
-            return None
-        return message
+        return await receive(self.layer, self.channel, timeout)
 
     async def next(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds; True when the reader should read again.

@@ -30,6 +30,7 @@ from agent_channels.access import get_access_policy
 from agent_channels.channel.log import read
 from agent_channels.channel.names import InvalidChannelName, event_group, validate_name
 from agent_channels.channel.oversize import fit_frame
+from agent_channels.channel.receiving import receive
 from agent_channels.conf import get_config
 from agent_channels.models import Channel
 from agent_channels.views import events as json_events
@@ -280,13 +281,7 @@ class EventStream:
         if reply_channel is None:
             await asyncio.sleep(timeout)
             return None
-        try:
-            message: dict[str, Any] = await asyncio.wait_for(
-                self.layer.receive(reply_channel), timeout
-            )
-        except TimeoutError:
-            return None
-        return message
+        return await receive(self.layer, reply_channel, timeout)
 
     def _backlogged(self) -> bool:
         pending = pending_bytes(self.transport)
