@@ -116,6 +116,7 @@ _NUMBERS: dict[str, tuple[float, bool]] = {
     "CELERY_TIME_LIMIT_MARGIN": (0, False),
     "DB_RETRY_SECONDS": (0, False),
     "GROUP_REFRESH_SECONDS": (0, False),
+    "COALESCE_MAX_WINDOW_MS": (0, False),
 }
 
 

@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     "CHANNEL_LAYER": "default",
     # Token deltas arriving faster than this are coalesced into one persisted event.
     "COALESCE_WINDOW_MS": 30,
+    # Under load a process's batched flush slot doubles up to this (each delta then carries
+    # more tokens) instead of events queueing behind each other. 0 keeps the slot fixed.
+    "COALESCE_MAX_WINDOW_MS": 250,
     # Origins allowed to open WebSockets; None means "the hosts in ALLOWED_HOSTS".
     "ALLOWED_ORIGINS": None,
     # Largest client frame accepted, in bytes of JSON text.

@@ -410,6 +410,8 @@ def main() -> None:
     parser.add_argument("--beat-window", type=float, default=9.0)
     parser.add_argument("--tries", type=int, default=5)
     parser.add_argument("--only", nargs="*", default=["concurrency", "heartbeats", "recovery"])
+    parser.add_argument("--pubsub-leg", action="store_true",
+                        help="add a concurrency leg on channels-redis's PUB/SUB layer")
     args = parser.parse_args()
     args.runs = min(args.runs, 400)  # bounded: sockets, connections and time
     queue = f"agch-bench-{uuid.uuid4().hex[:8]}"
@@ -421,6 +423,9 @@ def main() -> None:
     os.environ.update(AGCH_HEARTBEAT="1.5", AGCH_STALE_AFTER="6", AGCH_REAP_EVERY="2")
     # Pooled processes as example_project.env deploys them: no health check per checkout.
     os.environ["AGCH_DB_HEALTH_CHECKS"] = "0"
+    # One bench user watches every run, as that many users would: lift the per-user socket
+    # quota (50), which would otherwise refuse most watchers with 4429.
+    os.environ["AGCH_MAX_SOCKETS"] = "1000"
     pooled = {"AGCH_DB_POOL": str(args.pool)}
     with scratch_database():
         from django.contrib.auth import get_user_model
@@ -440,10 +445,22 @@ def main() -> None:
                 legs = [
                     concurrency_leg("prefork -c 2 (default)", "prefork", 2, args.baseline_runs,
                                     args, queue, daphnes, cookie, {}),
+                    concurrency_leg(f"threads -c {args.threads}, pool {args.pool}, fixed slot",
+                                    "threads", args.threads, args.runs, args, queue, daphnes,
+                                    cookie, {**pooled, "AGCH_COALESCE_MAX_WINDOW_MS": "0"}),
                     concurrency_leg(f"threads -c {args.threads}, pool {args.pool}", "threads",
                                     args.threads, args.runs, args, queue, daphnes, cookie,
                                     pooled),
                 ]
+                if args.pubsub_leg:
+                    for daphne in daphnes:
+                        daphne.stop()
+                    os.environ["AGCH_LAYER_BACKEND"] = "pubsub"
+                    daphnes[:] = [Daphne(), Daphne()]
+                    legs.append(concurrency_leg(
+                        f"threads -c {args.threads}, pool {args.pool}, PUB/SUB layer", "threads",
+                        args.threads, args.runs, args, queue, daphnes, cookie, pooled))
+                    os.environ.pop("AGCH_LAYER_BACKEND")
                 base = legs[0]
                 rows = [
                     [leg["label"], leg["runs"], leg["peak"], fmt(leg["peak"] / base["peak"]) + "×",
@@ -454,7 +471,8 @@ def main() -> None:
                      f'{leg["complete"]} / {leg["runs"]}',
                      f'{leg["timeouts"]} / {leg["reconnects"]}', fmt(leg["duration"]), fmt(leg["events_per_s"]),
                      fmt(leg["cpu_per_event"]), fmt(leg["daphne_cpu_per_event"]),
-                     leg["deltas_stored"]]
+                     leg["deltas_stored"],
+                     fmt(leg["runs"] * args.tokens / max(leg["deltas_stored"], 1))]
                     for leg in legs
                 ]
                 print(table(["pool", "runs", "peak concurrent", "peak ratio", "deltas seen",
@@ -463,7 +481,7 @@ def main() -> None:
                              "RSS MB / concurrent run", "marginal MB / run",
                              "watchers with every token", "watcher timeouts / reconnects", "run duration p50 s", "events/s",
                              "worker CPU ms / event", "daphne CPU ms / event",
-                             "deltas stored"], rows))
+                             "deltas stored", "tokens / delta"], rows))
             if "heartbeats" in args.only:
                 banner(f"Heartbeats: {args.beat_runs} runs waiting on 2 thread-pool workers, "
                        f"{args.beat_window:.0f} s window")

@@ -93,6 +93,12 @@ CHANNEL_LAYERS = channel_layers(
     REDIS_SENTINELS if LAYER_KIND == "redis" else None,
     os.environ.get("AGCH_REDIS_MASTER", "mymaster"),
 )
+if LAYER_KIND == "redis" and os.environ.get("AGCH_LAYER_BACKEND") == "pubsub":
+    # The benchmarks compare the two channels-redis layers.
+    CHANNEL_LAYERS["default"] = {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
+    }
 if LAYER_KIND == "redis":
     CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"agch-test-{RUN_ID}"
     if os.environ.get("AGCH_LAYER_CAPACITY"):
@@ -144,6 +150,8 @@ AGENT_CHANNELS = {
     "HTTP_MESSAGES_RATE": 0,
     "MAX_ACTIVE_RUNS_PER_USER": None,
 }
+if os.environ.get("AGCH_COALESCE_MAX_WINDOW_MS"):  # the benchmarks compare with it off
+    AGENT_CHANNELS["COALESCE_MAX_WINDOW_MS"] = float(os.environ["AGCH_COALESCE_MAX_WINDOW_MS"])
 #: The Celery broker of the integration tests: its own Redis database.
 CELERY_BROKER_URL_FOR_TESTS = os.environ.get("AGCH_BROKER_URL", "redis://127.0.0.1:6379/6")
 if os.environ.get("AGCH_DS_CONFORMANCE"):

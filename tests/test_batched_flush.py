@@ -157,3 +157,94 @@ def test_a_zero_window_stays_one_row_per_write_even_in_a_busy_process():
         assert rows("busy-zero")[-1][2].get("text") == token  # stored by write() itself
     message.complete()
     publishing._load = publishing._Load()
+
+
+# -- the slot stretches under load --------------------------------------------------------
+
+
+def test_a_strained_slot_doubles_up_to_the_widest_window_and_narrows_when_calm(settings):
+    settings.AGENT_CHANNELS = {"COALESCE_MAX_WINDOW_MS": 250}
+    load = publishing._Load()
+    load.note(time.monotonic(), publishing.BATCH_MIN_STREAMS)
+    base = publishing.BATCH_SLOT
+    assert load.slot(0.03) == pytest.approx(0.03) and load.slot(1.0) == pytest.approx(base)
+    slots = []
+    for _ in range(6):  # each flush starts on time but takes three quarters of its slot
+        slot = load.slot(1.0)
+        load.batch_done(slot, late=0.0, took=slot * 0.75)
+        slots.append(round(load.slot(1.0), 3))
+    assert slots == [0.1, 0.2, 0.25, 0.25, 0.25, 0.25]
+    load.batch_done(0.25, late=0.2, took=0.0)  # late, not slow: strained all the same
+    assert load.slot(1.0) == pytest.approx(0.25)
+    for _ in range(publishing.CALM_BATCHES - 1):
+        load.batch_done(load.slot(1.0), late=0.0, took=0.001)
+    assert load.slot(1.0) == pytest.approx(0.25)
+    load.batch_done(load.slot(1.0), late=0.0, took=0.001)
+    assert load.slot(1.0) == pytest.approx(0.2)  # stretch 4: 0.05 × 4, under the 0.25 cap
+    load.batch_done(load.slot(1.0), late=0.0, took=0.05)  # in between: neither
+    assert load.slot(1.0) == pytest.approx(0.2)
+    # A process that goes quiet starts its next burst from the narrowest slot.
+    assert not load.busy(time.monotonic() + 10)
+    assert load.slot(1.0) == pytest.approx(base)
+
+
+def test_a_zero_widest_window_keeps_the_slot_fixed(settings):
+    settings.AGENT_CHANNELS = {"COALESCE_MAX_WINDOW_MS": 0}
+    load = publishing._Load()
+    for _ in range(5):
+        load.batch_done(load.slot(1.0), late=0.5, took=0.5)
+    assert load.slot(1.0) == pytest.approx(publishing.BATCH_SLOT)
+
+
+@pytest.mark.parametrize("widest_ms", [400, 0])
+def test_a_slow_database_gets_fewer_bigger_deltas_instead_of_a_backlog(
+    settings, monkeypatch, widest_ms
+):
+    """Every batched commit takes 40 ms (a slot is 30 ms): stretching the slot turns the
+    same tokens into fewer deltas, with every guarantee of the log kept."""
+    settings.AGENT_CHANNELS = {"COALESCE_MAX_WINDOW_MS": widest_ms}
+    publishing._load = publishing._Load()
+    real = publishing.append_many
+    stretches: list[int] = []
+
+    def slow_append_many(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.04)
+        stretches.append(publishing._load.stretch)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(publishing, "append_many", slow_append_many)
+    streams, tokens = 12, 60
+    channels = [f"strained-{widest_ms}-{i}" for i in range(streams)]
+    for name in channels:
+        publish(name, "setup")
+    texts: dict[str, str] = {}
+    start = threading.Barrier(streams)
+
+    def run(name: str) -> None:
+        message = MessageStream(name, message_id=name, window_ms=30)
+        start.wait(10)
+        for i in range(tokens):
+            message.write(f"{i} ")
+            time.sleep(0.01)
+        message.complete()
+        texts[name] = message.text
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in channels]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    publishing._load = publishing._Load()
+    assert len(texts) == streams and stretches, (len(texts), len(stretches))
+    deltas = 0
+    for name in channels:
+        events = list(Event.objects.filter(channel__name=name).order_by("seq"))
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        body = [e.data["text"] for e in events if e.name == "message.delta"]
+        assert "".join(body) == texts[name] == "".join(f"{i} " for i in range(tokens))
+        deltas += len(body)
+    if widest_ms:
+        assert max(stretches) >= 4, stretches  # 30 → 60 → 120 → 240 ms
+        assert deltas <= streams * tokens / 4, deltas
+    else:
+        assert set(stretches) == {1}

@@ -523,6 +523,7 @@ def test_w021_the_example_projects_postgres_settings_pass(monkeypatch):
         ("TOOL_TIME_LIMIT", -1, "is not a number >= 0 or None."),
         ("CELERY_TIME_LIMIT_MARGIN", None, "is not a number >= 0."),
         ("DB_RETRY_SECONDS", "10", "is not a number >= 0."),
+        ("COALESCE_MAX_WINDOW_MS", -250, "is not a number >= 0."),
         ("GROUP_REFRESH_SECONDS", -0.5, "is not a number >= 0."),
     ],
 )

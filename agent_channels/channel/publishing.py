@@ -109,8 +109,9 @@ class _Flusher:
             self._cond.notify()
         return self._released.wait(timeout)
 
-    def _next(self) -> list[MessageStream] | bool:
-        """The streams now due; False when idle or asked to release connections."""
+    def _next(self) -> tuple[list[MessageStream], float] | bool:
+        """The streams now due and when the first was due; False when idle or asked to
+        release connections."""
         with self._cond:
             while True:
                 if self._release_requested:
@@ -118,12 +119,13 @@ class _Flusher:
                     return False
                 now = time.monotonic()
                 if self._heap and self._heap[0][0] <= now:
+                    first = self._heap[0][0]
                     due: dict[int, MessageStream] = {}
                     while self._heap and self._heap[0][0] <= now:
                         stream = heapq.heappop(self._heap)[2]()
                         if stream is not None:
                             due[id(stream)] = stream
-                    return list(due.values())
+                    return list(due.values()), first
                 if self._heap:
                     self._cond.wait(self._heap[0][0] - now)
                 elif not self._cond.wait(self.IDLE_SECONDS) and not self._heap:
@@ -131,13 +133,15 @@ class _Flusher:
 
     def _run(self) -> None:
         while True:
-            streams = self._next()
-            if streams is False:
+            work = self._next()
+            if isinstance(work, bool):
                 connections.close_all()  # this thread's connections only
                 self._released.set()
                 continue
-            if not streams or streams is True:
+            streams, due_at = work
+            if not streams:
                 continue
+            started = time.monotonic()
             try:
                 # No close_old_connections() here: with CONN_MAX_AGE=0 it would reconnect
                 # for every flush; the connection is closed when idle or broken instead.
@@ -152,32 +156,75 @@ class _Flusher:
                     ", ".join(stream.message_id for stream in streams),
                 )
                 connections.close_all()
+                continue
+            slot = _load.slot(min(stream.window for stream in streams))
+            if slot > 0 and _load.busy(started):
+                _load.batch_done(slot, started - due_at, time.monotonic() - started)
 
 
-#: A process that flushed this many streams within ``BATCH_HORIZON`` seconds is busy: a
-#: stream's next delta then joins the batched flush at the end of the current
-#: ``BATCH_SLOT`` (or of its window, if shorter), one transaction for all of the process's
-#: streams, instead of committing on its own. A quiet process publishes at once. The
-#: horizon spans a few slots, so a process flushing in batches stays busy between them.
+#: A process that flushed this many streams within two batch slots is busy: a stream's next
+#: delta then joins the batched flush at the end of the current slot (at most one window
+#: long, ``BATCH_SLOT`` at first), one transaction for all of the process's streams,
+#: instead of committing on its own. A quiet process publishes at once.
 BATCH_MIN_STREAMS = 8
 BATCH_SLOT = 0.05
-BATCH_HORIZON = 2 * BATCH_SLOT
+
+#: A batched flush that starts late or takes long, together more than this share of its
+#: slot, doubles the slot (up to ``COALESCE_MAX_WINDOW_MS``): the process cannot keep up
+#: with one event per stream per slot, so each event carries more tokens instead of the
+#: backlog growing. ``CALM_BATCHES`` flushes in a row under ``CALM_SHARE`` halve it again.
+STRAINED_SHARE = 0.5
+CALM_SHARE = 0.15
+CALM_BATCHES = 10
 
 
 class _Load:
-    """When this process's last ``BATCH_MIN_STREAMS`` flushes happened."""
+    """How busy this process's publishing is: when its last ``BATCH_MIN_STREAMS`` flushes
+    happened, and how far its batched slot is stretched."""
 
     def __init__(self) -> None:
         self._times: collections.deque[float] = collections.deque(maxlen=BATCH_MIN_STREAMS)
         self._lock = threading.Lock()
+        #: The slot is ``stretch`` times the base slot (a power of two).
+        self.stretch = 1
+        self._calm = 0
 
     def note(self, now: float, count: int = 1) -> None:
         with self._lock:
             self._times.extend([now] * min(count, BATCH_MIN_STREAMS))
 
     def busy(self, now: float) -> bool:
+        # The horizon spans two slots, so a process flushing in batches stays busy between them.
+        horizon = 2 * BATCH_SLOT * self.stretch
         with self._lock:
-            return len(self._times) == BATCH_MIN_STREAMS and self._times[0] >= now - BATCH_HORIZON
+            if len(self._times) == BATCH_MIN_STREAMS and self._times[0] >= now - horizon:
+                return True
+            # Quiet again: the next burst starts from the narrowest slot.
+            self.stretch, self._calm = 1, 0
+            return False
+
+    def slot(self, window: float) -> float:
+        """The batched slot for a stream with ``window``: the base slot, stretched under load."""
+        base = min(window, BATCH_SLOT)
+        widest = max(base, float(get_config()["COALESCE_MAX_WINDOW_MS"] or 0) / 1000.0)
+        return min(base * self.stretch, widest)
+
+    def batch_done(self, slot: float, late: float, took: float) -> None:
+        """A batched flush due at the end of a ``slot`` started ``late`` and took ``took``."""
+        share = (max(late, 0.0) + took) / slot
+        with self._lock:
+            if share > STRAINED_SHARE:
+                self._calm = 0
+                widest = float(get_config()["COALESCE_MAX_WINDOW_MS"] or 0) / 1000.0
+                if slot < widest - 1e-9:
+                    self.stretch *= 2
+            elif share < CALM_SHARE and self.stretch > 1:
+                self._calm += 1
+                if self._calm >= CALM_BATCHES:
+                    self._calm = 0
+                    self.stretch //= 2
+            else:
+                self._calm = 0
 
 
 _load = _Load()
@@ -186,7 +233,7 @@ _load = _Load()
 def _batch_deadline(now: float, window: float) -> float:
     """The end of the current slot on a grid every stream of the process shares, so the
     streams deferred within one slot are flushed together."""
-    slot = min(window, BATCH_SLOT)
+    slot = _load.slot(window)
     return math.ceil(now / slot) * slot
 
 
