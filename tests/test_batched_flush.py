@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,6 +23,32 @@ def rows(channel: str) -> list[tuple[int, str, dict]]:
     return list(
         Event.objects.filter(channel__name=channel).order_by("seq").values_list("seq", "name", "data")
     )
+
+
+def stream_together(
+    channels: list[str], tokens: int, gap: float, token: Callable[[str, int], str]
+) -> dict[str, str]:
+    """One thread per channel, started together, each writing ``tokens`` tokens ``gap``
+    seconds apart into a MessageStream with a 30 ms window; the texts they wrote."""
+    texts: dict[str, str] = {}
+    start = threading.Barrier(len(channels))
+
+    def run(name: str) -> None:
+        message = MessageStream(name, message_id=name, window_ms=30)
+        start.wait(10)
+        for i in range(tokens):
+            message.write(token(name, i))
+            time.sleep(gap)
+        message.complete()
+        texts[name] = message.text
+        connection.close()  # this thread's: the test database is dropped at the end
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in channels]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return texts
 
 
 def test_append_many_gives_each_channel_its_next_seqs_in_one_commit():
@@ -87,23 +114,7 @@ def test_a_busy_process_flushes_its_streams_together_and_nothing_is_lost_or_reor
     channels = [f"busy-{i}" for i in range(streams)]
     for name in channels:
         publish(name, "setup")
-    texts: dict[str, str] = {}
-    start = threading.Barrier(streams)
-
-    def run(name: str) -> None:
-        message = MessageStream(name, message_id=name, window_ms=30)
-        start.wait(10)
-        for i in range(tokens):
-            message.write(f"{name}:{i} ")
-            time.sleep(0.04)
-        message.complete()
-        texts[name] = message.text
-
-    threads = [threading.Thread(target=run, args=(name,)) for name in channels]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    texts = stream_together(channels, tokens, 0.04, lambda name, i: f"{name}:{i} ")
     assert len(texts) == streams
     stamps: set[Any] = set()
     deltas = 0
@@ -217,23 +228,7 @@ def test_a_slow_database_gets_fewer_bigger_deltas_instead_of_a_backlog(
     channels = [f"strained-{widest_ms}-{i}" for i in range(streams)]
     for name in channels:
         publish(name, "setup")
-    texts: dict[str, str] = {}
-    start = threading.Barrier(streams)
-
-    def run(name: str) -> None:
-        message = MessageStream(name, message_id=name, window_ms=30)
-        start.wait(10)
-        for i in range(tokens):
-            message.write(f"{i} ")
-            time.sleep(0.01)
-        message.complete()
-        texts[name] = message.text
-
-    threads = [threading.Thread(target=run, args=(name,)) for name in channels]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    texts = stream_together(channels, tokens, 0.01, lambda name, i: f"{i} ")
     publishing._load = publishing._Load()
     assert len(texts) == streams and stretches, (len(texts), len(stretches))
     deltas = 0
