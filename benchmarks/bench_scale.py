@@ -9,7 +9,8 @@ scratch PostgreSQL database. Three parts, each bounded in count and time:
   ``--pool`` connections per process. Baseline: Celery's prefork default at ``-c 2``
   (one run per child process), with fewer runs (they queue). Reported: peak concurrent
   runs (from the order of their events in the log), delta latency to watchers (receive
-  time − the event's ``ts``), POST → first token, runs finished per second, and worker
+  time − the event's ``ts``; overall, and while all runs stream: after the last run
+  started, before the first ended, without the start-up burst), POST → first token, runs finished per second, and worker
   memory (RSS of the workers' process groups) per concurrent run.
 - **heartbeats**: 100 runs waiting in ``ctx.sleep`` on 2 thread-pool workers; database
   transactions/s and run rows updated/s over a window, at the defaults (1.5 s beat,
@@ -167,6 +168,7 @@ async def watch(daphne, cookie: str, channel: str, started: dict, out: dict) -> 
                             text.append(frame["data"]["text"])
                             ts = dt.datetime.fromisoformat(frame["ts"]).timestamp()
                             deltas.append((now - ts) * 1000)
+                            out["delta_at"].append((ts, (now - ts) * 1000))
                             if first is None:
                                 first = now
                         done = frame["event"].startswith("run.") and frame["event"] not in (
@@ -202,7 +204,7 @@ def concurrency_leg(label, pool, concurrency, runs, args, queue, daphnes, cookie
         tag = uuid.uuid4().hex[:6]
         channels = [f"scale-{tag}-{i}" for i in range(runs)]
         started: dict[str, float] = {}
-        out = {"deltas": [], "first": [], "ready": 0, "timeouts": 0, "reconnects": 0,
+        out = {"deltas": [], "delta_at": [], "first": [], "ready": 0, "timeouts": 0, "reconnects": 0,
                "timeout": args.leg_timeout, "tokens": args.tokens, "complete": 0}
         run_ids: list = []
 
@@ -242,16 +244,21 @@ def concurrency_leg(label, pool, concurrency, runs, args, queue, daphnes, cookie
         from agent_channels.models import Event, Run
 
         events = Event.objects.filter(run_id__in=run_ids).count()
-        durations = [
-            (r.finished_at - r.started_at).total_seconds()
-            for r in Run.objects.filter(pk__in=run_ids)
-            if r.finished_at and r.started_at
-        ]
+        finished = [r for r in Run.objects.filter(pk__in=run_ids) if r.finished_at and r.started_at]
+        durations = [(r.finished_at - r.started_at).total_seconds() for r in finished]
+        # Steady state: every run has started and none has ended yet (no start-up burst).
+        last_start = max((at.timestamp() for at in Event.objects.filter(
+            run_id__in=run_ids, name="run.started").values_list("created_at", flat=True)),
+            default=0.0)
+        first_end = min((r.finished_at.timestamp() for r in finished), default=0.0)
+        steady = [ms for ts, ms in out["delta_at"] if last_start < ts < first_end]
         return {
             "label": label,
             "runs": runs,
             "peak": peak,
             "deltas": out["deltas"],
+            "steady": steady,
+            "steady_s": max(first_end - last_start, 0.0),
             "first": out["first"],
             "runs_per_s": runs / wall,
             "rss_per_run": peak_rss / max(peak, 1),
@@ -397,6 +404,9 @@ def recovery_leg(mode, tries, queue, env):
     return to_run, to_token
 
 
+LEGS = ("prefork", "fixed", "stretch", "pubsub")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=200)
@@ -412,6 +422,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["concurrency", "heartbeats", "recovery"])
     parser.add_argument("--pubsub-leg", action="store_true",
                         help="add a concurrency leg on channels-redis's PUB/SUB layer")
+    parser.add_argument("--legs", nargs="*", choices=LEGS,
+                        help="the concurrency legs to run (default: all but pubsub, which "
+                             "--pubsub-leg adds); ratios are to the first")
     args = parser.parse_args()
     args.runs = min(args.runs, 400)  # bounded: sockets, connections and time
     queue = f"agch-bench-{uuid.uuid4().hex[:8]}"
@@ -437,26 +450,33 @@ def main() -> None:
         client = Client()
         client.force_login(user)
         cookie = f"sessionid={client.cookies['sessionid'].value}"
-        daphnes = [Daphne(), Daphne()]
+        # daphne pooled too, as deployed: without a pool every socket's log read opens and
+        # closes a PostgreSQL connection (a fifth of daphne's CPU under this load).
+        daphnes = [Daphne(**pooled), Daphne(**pooled)]
         try:
             if "concurrency" in args.only:
                 banner(f"Concurrency: demo runs at {1000 / args.interval_ms:.0f} tokens/s, "
                        f"{args.tokens} tokens each, 2 worker processes, 2 daphne")
-                legs = [
-                    concurrency_leg("prefork -c 2 (default)", "prefork", 2, args.baseline_runs,
-                                    args, queue, daphnes, cookie, {}),
-                    concurrency_leg(f"threads -c {args.threads}, pool {args.pool}, fixed slot",
-                                    "threads", args.threads, args.runs, args, queue, daphnes,
-                                    cookie, {**pooled, "AGCH_COALESCE_MAX_WINDOW_MS": "0"}),
-                    concurrency_leg(f"threads -c {args.threads}, pool {args.pool}", "threads",
-                                    args.threads, args.runs, args, queue, daphnes, cookie,
-                                    pooled),
-                ]
-                if args.pubsub_leg:
+                chosen = args.legs or [leg for leg in LEGS if leg != "pubsub" or args.pubsub_leg]
+                legs = []
+                if "prefork" in chosen:
+                    legs.append(concurrency_leg("prefork -c 2 (default)", "prefork", 2,
+                                                args.baseline_runs, args, queue, daphnes, cookie,
+                                                {}))
+                if "fixed" in chosen:
+                    legs.append(concurrency_leg(
+                        f"threads -c {args.threads}, pool {args.pool}, fixed slot", "threads",
+                        args.threads, args.runs, args, queue, daphnes, cookie,
+                        {**pooled, "AGCH_COALESCE_MAX_WINDOW_MS": "0"}))
+                if "stretch" in chosen:
+                    legs.append(concurrency_leg(
+                        f"threads -c {args.threads}, pool {args.pool}", "threads", args.threads,
+                        args.runs, args, queue, daphnes, cookie, pooled))
+                if "pubsub" in chosen:
                     for daphne in daphnes:
                         daphne.stop()
                     os.environ["AGCH_LAYER_BACKEND"] = "pubsub"
-                    daphnes[:] = [Daphne(), Daphne()]
+                    daphnes[:] = [Daphne(**pooled), Daphne(**pooled)]
                     legs.append(concurrency_leg(
                         f"threads -c {args.threads}, pool {args.pool}, PUB/SUB layer", "threads",
                         args.threads, args.runs, args, queue, daphnes, cookie, pooled))
@@ -465,6 +485,8 @@ def main() -> None:
                 rows = [
                     [leg["label"], leg["runs"], leg["peak"], fmt(leg["peak"] / base["peak"]) + "×",
                      len(leg["deltas"]), fmt(pct(leg["deltas"], 50)), fmt(pct(leg["deltas"], 99)),
+                     f'{fmt(pct(leg["steady"], 50))} / {fmt(pct(leg["steady"], 99))} '
+                     f'({len(leg["steady"])} in {fmt(leg["steady_s"])} s)',
                      fmt(median(leg["first"])), fmt(pct(leg["first"], 99)),
                      fmt(leg["runs_per_s"]), fmt(leg["runs_per_s"] / base["runs_per_s"]) + "×",
                      fmt(leg["rss_per_run"] / 2**20), fmt(leg["marginal"] / 2**20),
@@ -476,7 +498,8 @@ def main() -> None:
                     for leg in legs
                 ]
                 print(table(["pool", "runs", "peak concurrent", "peak ratio", "deltas seen",
-                             "delta p50 ms", "delta p99 ms", "first token p50 ms",
+                             "delta p50 ms", "delta p99 ms",
+                             "all streaming: delta p50 / p99 ms", "first token p50 ms",
                              "first token p99 ms", "runs/s", "runs/s ratio",
                              "RSS MB / concurrent run", "marginal MB / run",
                              "watchers with every token", "watcher timeouts / reconnects", "run duration p50 s", "events/s",
