@@ -78,8 +78,7 @@ def execute_run(run_id: str) -> str:
         raise
     if claimed is None:
         return "skipped"
-    run, recovering = claimed
-    channel = run.channel.name
+    run, channel, recovering = claimed
     inbox = Inbox(channel, run.control_seq)
     register_inbox(inbox)
     ctx: RunContext | None = None

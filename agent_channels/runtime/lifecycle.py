@@ -104,8 +104,8 @@ def enqueue(run_id: Any) -> None:
     transaction.on_commit(lambda: get_backend().enqueue(str(run_id)))
 
 
-def claim(run_id: Any) -> tuple[Run, bool] | None:
-    """Mark the run running in this process; returns ``(run, recovering)`` or None.
+def claim(run_id: Any) -> tuple[Run, str, bool] | None:
+    """Mark the run running in this process; returns ``(run, channel, recovering)`` or None.
 
     None means there is nothing to do here: the run is finished, another worker holds
     it and is alive, or another run of its channel is still active (it starts later).
@@ -149,7 +149,7 @@ def _write_lock_run_sql(connection: BaseDatabaseWrapper) -> str:
     )
 
 
-def _claim(run_id: Any) -> tuple[Run, bool] | None:
+def _claim(run_id: Any) -> tuple[Run, str, bool] | None:
     config = get_config()
     now = timezone.now()
     stale = now - timedelta(seconds=config["STALE_AFTER_SECONDS"])
@@ -209,7 +209,7 @@ def _claim(run_id: Any) -> tuple[Run, bool] | None:
             ]
         )
         _event(run, channel, "run.started", {"attempt": run.attempts, "recovered": recovering})
-    return run, recovering
+    return run, channel, recovering
 
 
 def _busy_and_previous_end(run: Run) -> tuple[bool, int | None]:
