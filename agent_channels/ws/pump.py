@@ -23,6 +23,7 @@ from agent_channels.channel.log import read_frames
 from agent_channels.channel.oversize import fit_frame
 from agent_channels.models import Channel
 from agent_channels.ws.backpressure import pending_bytes
+from agent_channels.ws.heads import Head, head_checks
 
 __all__ = ["Head", "HistoryPruned", "Pump", "read_head"]
 
@@ -31,9 +32,6 @@ logger = logging.getLogger(__name__)
 _BACKLOG_POLL_SECONDS = 0.05
 #: A batched replay message (``?batch=1``) holds events up to about this many bytes.
 BATCH_BYTES = 64 * 1024
-
-#: ``(channel id or None, last seq, pruned seq)`` of a channel.
-Head = tuple[int | None, int, int]
 
 T = TypeVar("T")
 
@@ -109,18 +107,23 @@ class Pump:
         For ``DB_RETRY_SECONDS``: the socket stays open through a database blip and carries
         on where it was, instead of closing and being refused on reconnect meanwhile.
         """
+        return await self._retrying(lambda: database_sync_to_async(fn)(*args))
+
+    async def _retrying(self, read: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + float(self.config["DB_RETRY_SECONDS"])
         delay = 0.1
         while True:
             try:
-                result: T = await database_sync_to_async(fn)(*args)
-                return result
+                return await read()
             except TRANSIENT_ERRORS:
                 if time.monotonic() + delay > deadline:
                     raise
                 logger.warning("agent_channels: reading %r failed; retrying", self.channel)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    async def _shared_head_check(self) -> Head:
+        return await head_checks().head(self.channel)
 
     def backlogged(self) -> bool:
         pending = pending_bytes(self._transport)
@@ -167,7 +170,7 @@ class Pump:
                 await asyncio.wait_for(self.wake.wait(), quiet)
             except TimeoutError:
                 self.check_head = False
-                _, head, _ = await self._db(_read_head_sync, self.channel)
+                _, head, _ = await self._retrying(self._shared_head_check)
                 if head > self.known_last:
                     self.known_last = head
                     self.wake.set()
