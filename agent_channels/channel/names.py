@@ -9,6 +9,7 @@ names never share a group.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -35,6 +36,8 @@ def validate_name(name: object) -> str:
     return name
 
 
+# Asked for every batch of events a process sends: the digest is worth remembering.
+@functools.lru_cache(maxsize=4096)
 def _group(prefix: str, name: str) -> str:
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:40]
     readable = _UNSAFE.sub("_", name)[:40]
