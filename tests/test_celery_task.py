@@ -31,7 +31,7 @@ def run_in_new_thread(task: Any, *args: Any) -> Any:
 
 def test_the_run_task_never_sets_up_the_result_backend() -> None:
     task = app.tasks[TASK_NAME]
-    assert isinstance(task.backend, DisabledBackend)
+    task.backend = None  # as in a worker that has run nothing yet
     with (
         mock.patch.object(
             celery.app.backends, "by_url", side_effect=celery.app.backends.by_url
@@ -39,13 +39,16 @@ def test_the_run_task_never_sets_up_the_result_backend() -> None:
         mock.patch("agent_channels.runtime.tasks.execute_run", return_value="completed") as run,
     ):
         traced = run_in_new_thread(task, "run-1")
-    run.assert_called_once_with("run-1")
-    assert traced.retval == "completed"
+        again = run_in_new_thread(task, "run-1b")
+    assert [call.args for call in run.call_args_list] == [("run-1",), ("run-1b",)]
+    assert traced.retval == again.retval == "completed"
     assert by_url.call_count == 0
+    assert isinstance(task.backend, DisabledBackend)
 
 
 def test_a_failing_run_task_is_reported_without_a_result_backend() -> None:
     task = app.tasks[TASK_NAME]
+    task.backend = None
     with (
         mock.patch.object(
             celery.app.backends, "by_url", side_effect=celery.app.backends.by_url
@@ -59,13 +62,7 @@ def test_a_failing_run_task_is_reported_without_a_result_backend() -> None:
     assert by_url.call_count == 0
 
 
-def test_the_backend_can_still_be_set() -> None:
-    task = app.tasks[TASK_NAME]
-    saved = task.backend
-    other = DisabledBackend(app)
-    try:
-        task.backend = other
-        assert task.backend is other
-    finally:
-        task.backend = saved
+def test_the_run_task_keeps_the_apps_task_base_class() -> None:
+    # Projects customise app.Task (logging, context); the run task must inherit it.
+    assert isinstance(app.tasks[TASK_NAME], app.Task)
     assert execute_run_task.name == TASK_NAME

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Task, shared_task
+from celery import shared_task
 from celery.backends.base import DisabledBackend
 from celery.signals import worker_ready
 
@@ -16,36 +16,29 @@ from agent_channels.runtime.monitor import get_monitor
 __all__ = ["execute_run_task"]
 
 
-class ResultlessTask(Task):  # type: ignore[misc]
-    """A task whose result is never kept, so it never touches the app's result backend.
-
-    The run's row is the result. Celery still asks ``task.backend`` after every task, and
-    the app builds its backend once per *thread* (an entry-points scan, ~5-10 ms of CPU):
-    on a thread pool of 100 that is a second of CPU spent on the first runs a worker takes,
-    exactly when they all start at once.
-    """
-
-    @property
-    def backend(self) -> Any:
-        backend = self.__dict__.get("_resultless")
-        if backend is None:
-            backend = self.__dict__["_resultless"] = DisabledBackend(self.app)
-        return backend
-
-    @backend.setter
-    def backend(self, value: Any) -> None:
-        self.__dict__["_resultless"] = value
-
-
 @shared_task(  # type: ignore[untyped-decorator]
     name=TASK_NAME,
-    base=ResultlessTask,
+    bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
 )
-def execute_run_task(run_id: str) -> str:
+def execute_run_task(task: Any, run_id: str) -> str:
+    without_result_backend(task)
     return execute_run(run_id)
+
+
+def without_result_backend(task: Any) -> None:
+    """Give ``task`` a backend that stores nothing (the run's row is the result).
+
+    Celery asks ``task.backend`` after every task even when it keeps no result, and the
+    app builds its result backend once per *thread* (an entry-points scan, ~5-10 ms of
+    CPU): on a thread pool of 100, a second of CPU spent on the first runs a worker takes,
+    exactly when they all start at once. Set on the task instance (one per app and
+    process), so the task keeps the app's own ``Task`` base class.
+    """
+    if task._backend is None:
+        task.backend = DisabledBackend(task.app)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
