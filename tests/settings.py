@@ -88,19 +88,16 @@ if os.environ.get("AGCH_DB_NAME"):
 
 # The Sentinel test's processes: the layer asks these sentinels for the Redis primary.
 REDIS_SENTINELS = redis_sentinels(os.environ.get("AGCH_REDIS_SENTINELS"))
+#: "core" (channels-redis's RedisChannelLayer) or "pubsub" (AGCH_PASSES=pubsub in CI, and
+#: the benchmarks, which compare the two).
+LAYER_BACKEND = os.environ.get("AGCH_LAYER_BACKEND", "core") if LAYER_KIND == "redis" else ""
+# The example project's helper: the suite tests the configuration users deploy.
 CHANNEL_LAYERS = channel_layers(
     REDIS_URL if LAYER_KIND == "redis" else None,
     REDIS_SENTINELS if LAYER_KIND == "redis" else None,
     os.environ.get("AGCH_REDIS_MASTER", "mymaster"),
+    pubsub=LAYER_BACKEND == "pubsub",
 )
-#: "core" (channels-redis's RedisChannelLayer) or "pubsub" (AGCH_PASSES=pubsub in CI, and
-#: the benchmarks, which compare the two).
-LAYER_BACKEND = os.environ.get("AGCH_LAYER_BACKEND", "core") if LAYER_KIND == "redis" else ""
-if LAYER_BACKEND == "pubsub":
-    CHANNEL_LAYERS["default"] = {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
-    }
 if LAYER_KIND == "redis":
     CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"agch-test-{RUN_ID}"
     if os.environ.get("AGCH_LAYER_CAPACITY"):

@@ -105,3 +105,43 @@ def test_the_embedded_database_is_recognised_by_its_path(tmp_path):
         other = subprocess.run([sys.executable, "-c", code], env={**env, "DATABASE_URL": url},
                                capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
         assert other.stdout.strip() == "False", other.stderr
+
+
+LAYER = (
+    "import json, django.conf as c; s = c.settings; "
+    "print(json.dumps(s.CHANNEL_LAYERS['default']))"
+)
+
+
+@pytest.mark.parametrize(
+    ("choice", "backend"),
+    [
+        (None, "channels_redis.core.RedisChannelLayer"),
+        ("core", "channels_redis.core.RedisChannelLayer"),
+        ("pubsub", "channels_redis.pubsub.RedisPubSubChannelLayer"),
+    ],
+)
+def test_redis_channel_layer_picks_the_core_or_the_pubsub_layer(choice, backend):
+    environment = child_env(DJANGO_SETTINGS_MODULE="example_project.settings", DJANGO_DEBUG="1",
+                            REDIS_URL="redis://127.0.0.1:6379/3")
+    environment.pop("REDIS_CHANNEL_LAYER", None)
+    if choice is not None:
+        environment["REDIS_CHANNEL_LAYER"] = choice
+    result = subprocess.run([sys.executable, "-c", LAYER], env=environment, capture_output=True,
+                            text=True, timeout=60, check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    layer = json.loads(result.stdout)
+    assert layer["BACKEND"] == backend
+    # Either way the host outlives channels-redis's blocking reads (check E004).
+    assert layer["CONFIG"]["hosts"] == [{"address": "redis://127.0.0.1:6379/3",
+                                         "socket_timeout": 30}]
+    assert ("capacity" in layer["CONFIG"]) == (backend.endswith("core.RedisChannelLayer"))
+
+
+def test_the_pubsub_layer_follows_sentinels_too():
+    from example_project.env import channel_layers
+
+    layer = channel_layers(None, [("127.0.0.1", 26379)], "mymaster", pubsub=True)["default"]
+    assert layer["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    (host,) = layer["CONFIG"]["hosts"]
+    assert host["sentinels"] == [("127.0.0.1", 26379)] and host["master_name"] == "mymaster"

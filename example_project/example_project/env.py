@@ -75,12 +75,16 @@ def channel_layers(
     sentinels: list[tuple[str, int]] | None = None,
     master_name: str = "mymaster",
     db: int = 0,
+    *,
+    pubsub: bool = False,
 ) -> dict[str, Any]:
     """channels-redis when REDIS_URL (or Sentinel) is set, else the in-memory layer (one
     process only).
 
     ``sentinels``: Redis Sentinel addresses; the layer then asks them for the current
     primary of ``master_name`` (database ``db``) and follows a failover by itself.
+    ``pubsub``: channels-redis's PUB/SUB layer instead of the core one (lower latency for
+    servers carrying many busy sockets; docs/deployment.rst compares them).
     """
     if sentinels:
         host: dict[str, Any] = {
@@ -95,6 +99,14 @@ def channel_layers(
     else:
         return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer",
                             "CONFIG": {"capacity": 1000}}}
+    if pubsub:
+        # No capacity or group expiry: PUB/SUB stores nothing (the log heals what it drops).
+        return {
+            "default": {
+                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {"hosts": [{**host, "socket_timeout": 30}]},
+            }
+        }
     return {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",

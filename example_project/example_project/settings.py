@@ -78,7 +78,13 @@ REDIS_URL = os.environ.get("REDIS_URL") or None
 # and REDIS_MASTER_NAME; the channel layer and the Celery broker then follow a failover.
 REDIS_SENTINELS = redis_sentinels(os.environ.get("REDIS_SENTINELS"))
 REDIS_MASTER_NAME = os.environ.get("REDIS_MASTER_NAME", "mymaster")
-CHANNEL_LAYERS = channel_layers(REDIS_URL, REDIS_SENTINELS, REDIS_MASTER_NAME)
+# REDIS_CHANNEL_LAYER=pubsub: channels-redis's PUB/SUB layer (see docs/deployment.rst).
+CHANNEL_LAYERS = channel_layers(
+    REDIS_URL,
+    REDIS_SENTINELS,
+    REDIS_MASTER_NAME,
+    pubsub=os.environ.get("REDIS_CHANNEL_LAYER", "core") == "pubsub",
+)
 
 # Celery: the broker defaults to REDIS_URL; with neither set, runs execute in threads of
 # the web process (agent_channels' in-process backend picks itself when this is None).
