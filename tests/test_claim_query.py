@@ -7,15 +7,17 @@ every mix of other runs' states, queue order and terminal events (with and witho
 from __future__ import annotations
 
 import itertools
+import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 from django.db.models import Exists, Q, Subquery
 from django.utils import timezone
 
 from agent_channels.channel.log import EventDraft, append
 from agent_channels.models import Channel, Event, Run, RunStatus
-from agent_channels.runtime.lifecycle import TERMINAL_EVENTS, _busy_and_previous_end
+from agent_channels.runtime.lifecycle import TERMINAL_EVENTS, _busy_and_previous_end, _lock_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,3 +87,25 @@ def test_another_channels_runs_and_events_do_not_count():
     busy_elsewhere = make_run(elsewhere, RunStatus.RUNNING, -5)
     append(elsewhere.name, [EventDraft("run.completed", {}, busy_elsewhere.pk)])
     assert _busy_and_previous_end(mine) == asked_with_the_orm(mine) == (False, None)
+
+
+class ReadsElsewhere:
+    """A router whose read database must not see a run being locked."""
+
+    def db_for_read(self, model, **hints):
+        if model is Run:
+            raise AssertionError("a locking read went to the read database")
+        return None
+
+    def db_for_write(self, model, **hints):
+        return None
+
+
+def test_the_run_lock_is_taken_on_the_write_database(settings):
+    channel = Channel.objects.create(name="claim-routed")
+    run = make_run(channel, RunStatus.QUEUED, 0)
+    settings.DATABASE_ROUTERS = ["tests.test_claim_query.ReadsElsewhere"]
+    with transaction.atomic():
+        locked, name = _lock_run(run.pk)
+    assert (locked.pk, locked.status, name) == (run.pk, RunStatus.QUEUED, "claim-routed")
+    assert _lock_run(uuid.uuid4()) is None

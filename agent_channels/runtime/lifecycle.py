@@ -124,7 +124,8 @@ def _lock_run(run_id: Any) -> tuple[Run, str] | None:
     connection = connections[router.db_for_write(Run)]
     run_pk = Run._meta.pk.get_db_prep_value(run_id, connection)
     sql = _sql(connection, "lock_run", _write_lock_run_sql)
-    for run in Run.objects.raw(sql, [run_pk]):
+    # using: a raw query would go to the router's read database; this one locks rows.
+    for run in Run.objects.raw(sql, [run_pk], using=connection.alias):
         return run, run.__dict__["agch_channel_name"]
     return None
 
