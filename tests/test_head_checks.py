@@ -127,3 +127,13 @@ async def test_many_quiet_sockets_fetch_their_dropped_tails_with_shared_queries(
     assert 1 <= asked < len(names)
     for ws in sockets:
         await ws.disconnect()
+
+
+async def test_head_checks_hold_nothing_of_their_loop_once_answered():
+    # _by_loop is keyed weakly by the loop: a value that kept the loop (a finished task, a
+    # future) would keep every closed loop of a test run alive.
+    await apublish("gone", "tick")
+    checks = HeadChecks()
+    assert (await checks.head("gone"))[1] == 1
+    await asyncio.sleep(0)  # the answering task's done callback
+    assert checks._answering is None and not checks._asked and not checks._in_query

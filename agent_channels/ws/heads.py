@@ -75,6 +75,9 @@ class HeadChecks:
         # Cancelled (the loop is closing), perhaps before it ever ran, or failed: nobody
         # may be left waiting for an answer that will not come. (Ended normally, it left
         # nobody waiting, and checks asked since are a newer task's.)
+        if self._answering is task:
+            # A finished task keeps its loop alive, and _by_loop is keyed weakly by it.
+            self._answering = None
         if not task.cancelled() and task.exception() is None:
             return
         for waiting in [*self._in_query.values(), *self._asked.values()]:
