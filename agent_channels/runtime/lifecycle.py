@@ -142,11 +142,14 @@ def _write_lock_run_sql(connection: BaseDatabaseWrapper) -> str:
         if features.has_select_for_update
         else ""
     )
+    channel_name = quote(str(Channel._meta.get_field("name").column))
+    channel_pk = quote(str(Channel._meta.pk.column))
+    run_channel = quote(str(Run._meta.get_field("channel").column))
+    run_pk = quote(str(Run._meta.pk.column))
     return (
-        f"SELECT {run_columns}, c.{quote('name')} AS agch_channel_name "  # noqa: S608
-        f"FROM {run_table} r INNER JOIN {channel_table} c "
-        f"ON c.{quote('id')} = r.{quote(str(Run._meta.get_field('channel').column))} "
-        f"WHERE r.{quote(str(Run._meta.pk.column))} = %s{lock}"
+        f"SELECT {run_columns}, c.{channel_name} AS agch_channel_name "  # noqa: S608
+        f"FROM {run_table} r INNER JOIN {channel_table} c ON c.{channel_pk} = r.{run_channel} "
+        f"WHERE r.{run_pk} = %s{lock}"
     )
 
 
