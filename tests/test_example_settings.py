@@ -145,3 +145,12 @@ def test_the_pubsub_layer_follows_sentinels_too():
     assert layer["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
     (host,) = layer["CONFIG"]["hosts"]
     assert host["sentinels"] == [("127.0.0.1", 26379)] and host["master_name"] == "mymaster"
+
+
+def test_an_unknown_redis_channel_layer_is_refused_by_name():
+    environment = child_env(DJANGO_SETTINGS_MODULE="example_project.settings", DJANGO_DEBUG="1",
+                            REDIS_URL="redis://127.0.0.1:6379/3", REDIS_CHANNEL_LAYER="pubusb")
+    result = subprocess.run([sys.executable, "-c", LAYER], env=environment, capture_output=True,
+                            text=True, timeout=60, check=False, cwd=ROOT)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and "'pubusb'" in result.stderr

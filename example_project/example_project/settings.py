@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from example_project.env import (
     celery_sentinel_broker,
     channel_layers,
@@ -79,11 +81,13 @@ REDIS_URL = os.environ.get("REDIS_URL") or None
 REDIS_SENTINELS = redis_sentinels(os.environ.get("REDIS_SENTINELS"))
 REDIS_MASTER_NAME = os.environ.get("REDIS_MASTER_NAME", "mymaster")
 # REDIS_CHANNEL_LAYER=pubsub: channels-redis's PUB/SUB layer (see docs/deployment.rst).
+REDIS_CHANNEL_LAYER = os.environ.get("REDIS_CHANNEL_LAYER", "core")
+if REDIS_CHANNEL_LAYER not in ("core", "pubsub"):
+    raise ImproperlyConfigured(
+        f"REDIS_CHANNEL_LAYER must be 'core' or 'pubsub', not {REDIS_CHANNEL_LAYER!r}."
+    )
 CHANNEL_LAYERS = channel_layers(
-    REDIS_URL,
-    REDIS_SENTINELS,
-    REDIS_MASTER_NAME,
-    pubsub=os.environ.get("REDIS_CHANNEL_LAYER", "core") == "pubsub",
+    REDIS_URL, REDIS_SENTINELS, REDIS_MASTER_NAME, pubsub=REDIS_CHANNEL_LAYER == "pubsub"
 )
 
 # Celery: the broker defaults to REDIS_URL; with neither set, runs execute in threads of
