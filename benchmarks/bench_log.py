@@ -13,6 +13,10 @@ Sections:
      creates with disjoint seqs (no reservation).
   4. MessageStream fed 1,000 tokens/s: rows per token and token-to-committed-row latency,
      after a quiet window and inside a burst, for several COALESCE windows.
+  5. The batched flush of a busy process: ``append_many()`` of one delta on each of 200
+     channels (as a worker streaming 200 runs commits them) vs ``bulk_create`` of the same
+     rows with hand-computed seqs in one transaction. Events/s and this process's CPU per
+     event (what the flush costs the worker).
 """
 
 from __future__ import annotations
@@ -121,10 +125,10 @@ def leg_append(name: str, n: int, batch: int) -> float:
     return done / (time.perf_counter() - t0)
 
 
-def interleave(rounds: int, legs: dict[str, Any]) -> dict[str, list[float]]:
+def interleave(rounds: int, legs: dict[str, Any]) -> dict[str, list[Any]]:
     """Run each leg once per round, rotating the order; returns all results per leg."""
     names = list(legs)
-    results: dict[str, list[float]] = {k: [] for k in names}
+    results: dict[str, list[Any]] = {k: [] for k in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for key in order:
@@ -164,6 +168,78 @@ def bench_single(db: str, rounds: int, n: int) -> None:
         rows.append([f"×{batch}", fmt(median(res[f"bulk{batch}"])),
                      fmt(median(res[f"append{batch}"])), fmt(median(ratios))])
     print(table(["batch", "bulk_create events/s", "append() events/s", "ratio"], rows))
+
+
+# -- 5: the batched flush ----------------------------------------------------------------------
+
+
+def _delta(channel: str, i: int) -> dict[str, Any]:
+    return {"message_id": channel, "text": f"token {i} of a streamed answer "}
+
+
+def leg_bulk_many(prefix: str, channels: int, flushes: int) -> tuple[float, float]:
+    """Baseline: the same rows, one ``bulk_create`` in one transaction per flush."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from agent_channels.models import Event
+
+    ids = {f"{prefix}-{i}": _channel(f"{prefix}-{i}") for i in range(channels)}
+    t0, c0 = time.perf_counter(), time.process_time()
+    done = 0
+    for r in range(flushes):
+        now = timezone.now()
+        with transaction.atomic():
+            Event.objects.bulk_create([
+                Event(channel_id=cid, seq=r + 1, name="message.delta", data=_delta(name, r),
+                      created_at=now)
+                for name, cid in ids.items()
+            ])
+        done += channels
+        if time.perf_counter() - t0 > LEG_SECONDS:
+            break
+    return done / (time.perf_counter() - t0), (time.process_time() - c0) * 1e6 / done
+
+
+def leg_append_many(prefix: str, channels: int, flushes: int) -> tuple[float, float]:
+    from agent_channels.channel.log import EventDraft, append_many
+
+    names = [f"{prefix}-{i}" for i in range(channels)]
+    for name in names:
+        _channel(name)
+    t0, c0 = time.perf_counter(), time.process_time()
+    done = 0
+    for r in range(flushes):
+        append_many(
+            [(name, [EventDraft("message.delta", _delta(name, r))]) for name in names],
+            returning=False,
+        )
+        done += channels
+        if time.perf_counter() - t0 > LEG_SECONDS:
+            break
+    return done / (time.perf_counter() - t0), (time.process_time() - c0) * 1e6 / done
+
+
+def bench_many(db: str, rounds: int, channels: int, flushes: int) -> None:
+    banner(f"[{db}] 5. batched flush: append_many() of one delta on each of {channels} channels "
+           f"vs bulk_create of the same rows ({flushes} flushes/leg, {rounds} rounds)")
+    res = interleave(rounds, {
+        "bulk": lambda ch: leg_bulk_many(ch, channels, flushes),
+        "many": lambda ch: leg_append_many(ch, channels, flushes),
+    })
+    rate = [m[0] / b[0] for m, b in zip(res["many"], res["bulk"], strict=True)]
+    cpu = [m[1] / b[1] for m, b in zip(res["many"], res["bulk"], strict=True)]
+    record("log.many", db=db, channels=channels, bulk_eps=median([b[0] for b in res["bulk"]]),
+           many_eps=median([m[0] for m in res["many"]]), rate_ratio=median(rate),
+           cpu_ratio=median(cpu))
+    print(table(
+        ["what", "events/s (median)", "CPU µs / event (median)", "ratio events/s",
+         "ratio CPU / event"],
+        [["bulk_create, seqs by hand (baseline)", fmt(median([b[0] for b in res["bulk"]])),
+          fmt(median([b[1] for b in res["bulk"]])), "1.00", "1.00"],
+         ["append_many(returning=False)", fmt(median([m[0] for m in res["many"]])),
+          fmt(median([m[1] for m in res["many"]])), fmt(median(rate)), fmt(median(cpu))]],
+    ))
 
 
 # -- 3: concurrent writers ---------------------------------------------------------------------
@@ -420,6 +496,8 @@ def run_db(args: argparse.Namespace) -> None:
             bench_concurrent(args.db, max(3, args.rounds - 2), args.n)
         if "stream" in args.only:
             bench_stream(args.db, max(3, args.rounds - 2), args.stream_seconds, args.windows)
+        if "many" in args.only:
+            bench_many(args.db, args.rounds, args.channels, args.flushes)
 
 
 def main() -> None:
@@ -430,8 +508,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=400, help="events per single-writer leg")
     parser.add_argument("--stream-seconds", type=float, default=2.0)
     parser.add_argument("--windows", type=float, nargs="+", default=[0, 10, 30, 100])
-    parser.add_argument("--only", nargs="+", default=["single", "concurrent", "stream"],
-                        choices=["single", "concurrent", "stream"])
+    parser.add_argument("--channels", type=int, default=200, help="channels per batched flush")
+    parser.add_argument("--flushes", type=int, default=50, help="batched flushes per leg")
+    parser.add_argument("--only", nargs="+", default=["single", "concurrent", "stream", "many"],
+                        choices=["single", "concurrent", "stream", "many"])
     # Internal: writer processes for section 3.
     parser.add_argument("--worker", choices=["publish", "create"], help=argparse.SUPPRESS)
     parser.add_argument("--channel", help=argparse.SUPPRESS)

@@ -3,6 +3,7 @@ window (``append_many``), with every guarantee of single appends kept."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def rows(channel: str) -> list[tuple[int, str, dict]]:
     return list(
-        Event.objects.filter(channel__name=channel).order_by("seq").values_list("seq", "name", "data")
+        Event.objects.filter(channel__name=channel)
+        .order_by("seq")
+        .values_list("seq", "name", "data")
     )
 
 
@@ -76,6 +79,67 @@ def test_append_many_gives_each_channel_its_next_seqs_in_one_commit():
         )
     )
     assert len(stamps) == 1
+
+
+# Names and data a hand-built statement could get wrong: quotes, backslashes, text that
+# looks like an escape, characters outside the BMP, a JSON null, nesting, numbers.
+AWKWARD_CHANNELS = ['many-"q"', "many-\\back\\", "many-'s", "many-\U0001f600"]
+AWKWARD_DATA = [
+    {"text": 'say "hi"\\n', "n": None, "f": 1.5, "big": 2**60},
+    {"text": "\\u0000 is not a NUL; é ✓ \U0001f600", "nested": {"a": [1, {"b": []}]}},
+    {},
+]
+
+
+@pytest.mark.parametrize("returning", [True, False])
+def test_append_many_stores_and_sends_awkward_names_and_data_exactly(monkeypatch, returning):
+    from agent_channels.channel import wire as wire_module
+    from agent_channels.models import Channel, Run
+
+    for name in AWKWARD_CHANNELS:
+        publish(name, "setup")
+    run = Run.objects.create(channel=Channel.objects.get(name=AWKWARD_CHANNELS[0]), agent="x")
+    sent: dict[str, list[tuple[int, list[str]]]] = {}
+    monkeypatch.setattr(
+        wire_module.LiveWire,
+        "send_events",
+        lambda self, channel, first_seq, texts: sent.setdefault(channel, []).append(
+            (first_seq, texts)
+        ),
+    )
+    batches = [
+        (
+            name,
+            [
+                EventDraft(f'ev "{i}" \\', data, run.pk if i == 0 else None)
+                for i, data in enumerate(AWKWARD_DATA)
+            ],
+        )
+        for name in AWKWARD_CHANNELS
+    ]
+    out = append_many(batches, returning=returning)
+    for name, drafts in batches:
+        stored = list(Event.objects.filter(channel__name=name, seq__gt=1).order_by("seq"))
+        assert [(e.seq, e.name, e.data, e.run_id) for e in stored] == [
+            (2 + i, d.name, d.data, d.run_id) for i, d in enumerate(drafts)
+        ]
+        # The live frames are the stored events' frames, byte for byte once parsed.
+        ((first_seq, texts),) = sent[name]
+        assert first_seq == 2
+        assert [json.loads(t) for t in texts] == [
+            json.loads(json.dumps(e.to_frame())) for e in stored
+        ]
+    if returning:
+        assert out is not None
+        assert [[(e.pk, e.seq, e.data) for e in batch] for batch in out] == [
+            [
+                (e.pk, e.seq, e.data)
+                for e in Event.objects.filter(channel__name=name, seq__gt=1).order_by("seq")
+            ]
+            for name, _ in batches
+        ]
+    else:
+        assert out is None
 
 
 def test_append_many_refuses_a_channel_that_does_not_exist_and_writes_nothing():

@@ -255,7 +255,9 @@ def _flush_batch(streams: list[MessageStream]) -> None:
             return
         now = time.monotonic()
         try:
-            append_many([(stream.channel, [stream._delta_draft()]) for stream in pending])
+            append_many(
+                [(stream.channel, [stream._delta_draft()]) for stream in pending], returning=False
+            )
         except ValueError:
             # A stream on a channel that does not exist yet: one append each creates it.
             for stream in pending:
