@@ -100,13 +100,12 @@ def test_append_many_stores_and_sends_awkward_names_and_data_exactly(monkeypatch
         publish(name, "setup")
     run = Run.objects.create(channel=Channel.objects.get(name=AWKWARD_CHANNELS[0]), agent="x")
     sent: dict[str, list[tuple[int, list[str]]]] = {}
-    monkeypatch.setattr(
-        wire_module.LiveWire,
-        "send_events",
-        lambda self, channel, first_seq, texts: sent.setdefault(channel, []).append(
-            (first_seq, texts)
-        ),
-    )
+
+    def record(self: Any, batches: Any) -> None:
+        for channel, first_seq, texts in batches:
+            sent.setdefault(channel, []).append((first_seq, texts))
+
+    monkeypatch.setattr(wire_module.LiveWire, "send_events_many", record)
     batches = [
         (
             name,

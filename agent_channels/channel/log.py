@@ -289,13 +289,11 @@ def append_many(
             }
 
     written = retrying(write, using=using)
-    wire = get_wire()
+    announced = []
     for name, drafts in by_channel.items():
         first_seq = written[name][0][1]
-        transaction.on_commit(
-            partial(wire.send_events, name, first_seq, frame_texts(first_seq, drafts, now)),
-            using=using,
-        )
+        announced.append((name, first_seq, frame_texts(first_seq, drafts, now)))
+    transaction.on_commit(partial(get_wire().send_events_many, announced), using=using)
     release(using)
     if not returning:
         return None

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -85,7 +87,12 @@ class LiveWire:
 
     def send(self, group: str, message: dict[str, Any]) -> bool:
         """Queue ``message`` for ``group``; returns False when nothing can be listening."""
-        if self.layer is None:
+        return self.send_many([(group, message)])
+
+    def send_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> bool:
+        """Queue ``(group, message)`` pairs, in order, with one wake-up of the wire's loop
+        (a busy worker's flush announces a batch on hundreds of channels at once)."""
+        if self.layer is None or not items:
             return False
         loop = self._loop()
         if loop is None:
@@ -98,19 +105,28 @@ class LiveWire:
             start_sender = queue is None
             if queue is None:
                 queue = self._queues[loop] = asyncio.Queue()
-            self._pending[loop] = self._pending.get(loop, 0) + 1
+            self._pending[loop] = self._pending.get(loop, 0) + len(items)
         try:
             if start_sender:
                 loop.call_soon_threadsafe(self._start_sender, loop, queue)
-            loop.call_soon_threadsafe(queue.put_nowait, (group, message))
+            loop.call_soon_threadsafe(_put_all, queue, list(items))
         except RuntimeError:  # the loop closed between the check and the call
-            self._done(loop)
+            self._done(loop, len(items))
             return False
         return True
 
     def send_events(self, channel: str, first_seq: int, texts: list[str]) -> bool:
         """Announce committed events of ``channel`` to its consumers."""
-        return self.send(event_group(channel), build_events_message(first_seq, texts))
+        return self.send_events_many([(channel, first_seq, texts)])
+
+    def send_events_many(self, batches: Sequence[tuple[str, int, list[str]]]) -> bool:
+        """:meth:`send_events` for ``(channel, first_seq, texts)`` of several channels."""
+        return self.send_many(
+            [
+                (event_group(channel), build_events_message(first_seq, texts))
+                for channel, first_seq, texts in batches
+            ]
+        )
 
     def _start_sender(
         self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[str, dict[str, Any]]]
@@ -122,7 +138,6 @@ class LiveWire:
     async def _sender(
         self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[str, dict[str, Any]]]
     ) -> None:
-        assert self.layer is not None
         while True:
             batch = [await queue.get()]
             # A backlog (many runs publishing in one process) goes out merged: a group's
@@ -130,7 +145,28 @@ class LiveWire:
             # each server receives, a message per group per round instead of one per event.
             while not queue.empty() and len(batch) < MAX_BACKLOG_BATCH:
                 batch.append(queue.get_nowait())
+            chains: dict[str, list[tuple[dict[str, Any], int]]] = {}
             for group, message, count in merge_backlog(batch):
+                chains.setdefault(group, []).append((message, count))
+            # Groups go out side by side, each group's messages in order: one after another,
+            # a round on hundreds of channels waited a layer round trip per channel, and the
+            # last channel's watchers waited for all of them.
+            pending = collections.deque(chains.items())
+            senders = min(SEND_CONCURRENCY, len(pending))
+            if senders == 1:
+                await self._send_chains(loop, pending)
+            else:
+                await asyncio.gather(*(self._send_chains(loop, pending) for _ in range(senders)))
+
+    async def _send_chains(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pending: collections.deque[tuple[str, list[tuple[dict[str, Any], int]]]],
+    ) -> None:
+        assert self.layer is not None
+        while pending:
+            group, chain = pending.popleft()
+            for message, count in chain:
                 try:
                     await self.layer.group_send(group, message)
                 except Exception:
@@ -138,12 +174,11 @@ class LiveWire:
                         "agent_channels: live send to %s failed; the log has it", group
                     )
                 finally:
-                    for _ in range(count):
-                        self._done(loop)
+                    self._done(loop, count)
 
-    def _done(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _done(self, loop: asyncio.AbstractEventLoop, count: int = 1) -> None:
         with self._lock:
-            self._pending[loop] = self._pending.get(loop, 1) - 1
+            self._pending[loop] = self._pending.get(loop, count) - count
             self._idle.notify_all()
 
     def _waitable(self) -> int:
@@ -180,6 +215,16 @@ class LiveWire:
 
 #: Queued sends one round of the sender takes at most (and merges per group).
 MAX_BACKLOG_BATCH = 500
+
+#: Groups a round sends to at once (each may hold a layer connection meanwhile).
+SEND_CONCURRENCY = 16
+
+
+def _put_all(
+    queue: asyncio.Queue[tuple[str, dict[str, Any]]], items: list[tuple[str, dict[str, Any]]]
+) -> None:
+    for item in items:
+        queue.put_nowait(item)
 
 
 def merge_backlog(
