@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -234,6 +235,8 @@ def test_a_browser_eventsource_follows_and_resumes(server, cookie):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from .test_browser import CHROMIUM, CHROMIUM_ARGS
 
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     append("sse:browser", [EventDraft("tick", {"n": n}) for n in range(1, 4)])
     session = cookie.split("=", 1)[1]
     with sync_api.sync_playwright() as playwright:

@@ -74,6 +74,7 @@ class RecordingLayer:
 def fake_wire(layer: RecordingLayer) -> LiveWire:
     wire = LiveWire("default")
     wire.layer = layer
+    wire._pipelined = None  # whatever the configured layer is
     return wire
 
 

@@ -28,6 +28,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.signals import setting_changed
 
 from agent_channels.channel.names import event_group
+from agent_channels.channel.pipelining import pipelined_sender
 from agent_channels.conf import get_config
 from agent_channels.per_process import PerProcess, background_loop
 
@@ -78,6 +79,7 @@ class LiveWire:
         # counted here (not in the queues) so a send made a moment ago is never missed.
         self._pending: dict[asyncio.AbstractEventLoop, int] = {}
         self._idle = threading.Condition(self._lock)
+        self._pipelined = pipelined_sender(self.layer)
 
     def _loop(self) -> asyncio.AbstractEventLoop | None:
         if isinstance(self.layer, InMemoryChannelLayer):
@@ -145,8 +147,12 @@ class LiveWire:
             # each server receives, a message per group per round instead of one per event.
             while not queue.empty() and len(batch) < MAX_BACKLOG_BATCH:
                 batch.append(queue.get_nowait())
+            merged = merge_backlog(batch)
+            if self._pipelined is not None:
+                await self._send_pipelined(loop, merged)
+                continue
             chains: dict[str, list[tuple[dict[str, Any], int]]] = {}
-            for group, message, count in merge_backlog(batch):
+            for group, message, count in merged:
                 chains.setdefault(group, []).append((message, count))
             # Groups go out side by side, each group's messages in order: one after another,
             # a round on hundreds of channels waited a layer round trip per channel, and the
@@ -157,6 +163,19 @@ class LiveWire:
                 await self._send_chains(loop, pending)
             else:
                 await asyncio.gather(*(self._send_chains(loop, pending) for _ in range(senders)))
+
+    async def _send_pipelined(
+        self, loop: asyncio.AbstractEventLoop, merged: list[tuple[str, dict[str, Any], int]]
+    ) -> None:
+        assert self._pipelined is not None
+        try:
+            await self._pipelined([(group, message) for group, message, _ in merged])
+        except Exception:
+            logger.exception(
+                "agent_channels: live send to %d groups failed; the log has it", len(merged)
+            )
+        finally:
+            self._done(loop, sum(count for _, _, count in merged))
 
     async def _send_chains(
         self,
