@@ -3,15 +3,18 @@
 Real daphne processes (tests.asgi), real Celery workers, Redis (layer and broker) and a
 scratch PostgreSQL database. Three parts, each bounded in count and time:
 
-- **concurrency**: N ``demo`` runs (``--tokens`` tokens at ``--interval-ms``, no model)
-  started together, each on its own channel with one WebSocket watcher, on 2 worker
-  processes. Candidate: ``-P threads -c THREADS`` with Django's psycopg pool of
+- **concurrency**: N runs of the demo's token stream (``--tokens`` tokens at
+  ``--interval-ms``, no model; ``tests.agents.stamped``, whose tokens carry the time they
+  were written) started together, each on its own channel with one WebSocket watcher, on
+  2 worker processes. Candidate: ``-P threads -c THREADS`` with Django's psycopg pool of
   ``--pool`` connections per process. Baseline: Celery's prefork default at ``-c 2``
   (one run per child process), with fewer runs (they queue). Reported: peak concurrent
   runs (from the order of their events in the log), delta latency to watchers (receive
-  time − the event's ``ts``; overall, and while all runs stream: after the last run
-  started, before the first ended, without the start-up burst), POST → first token, runs finished per second, and worker
-  memory (RSS of the workers' process groups) per concurrent run.
+  time − the event's ``ts``, i.e. from its commit), token latency (receive time − the
+  time the agent wrote the token: the coalescing slot included), both overall and while
+  all runs stream (after the last run started, before the first ended, without the
+  start-up burst), POST → first token, runs finished per second, and worker memory (RSS
+  of the workers' process groups) per concurrent run.
 - **heartbeats**: 100 runs waiting in ``ctx.sleep`` on 2 thread-pool workers; database
   transactions/s and run rows updated/s over a window, at the defaults (1.5 s beat,
   reaper every 2 s) against the old defaults (5 s beat, reaper every 30 s).
@@ -31,6 +34,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -41,6 +45,10 @@ from concurrent.futures import ThreadPoolExecutor
 from _common import banner, configure_env, fmt, median, pct, scratch_database, table
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+
+#: tests.agents.stamped writes ``tok<i>@<unix time>``: latency per token, write → watcher.
+STAMPED_TOKEN = re.compile(r"tok\d+@([0-9.]+) ")
+STAMP = re.compile(r"@[0-9.]+")
 
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -166,6 +174,9 @@ async def watch(daphne, cookie: str, channel: str, started: dict, out: dict) -> 
                         now = time.time()
                         if frame["event"] == "message.delta":
                             text.append(frame["data"]["text"])
+                            for match in STAMPED_TOKEN.finditer(frame["data"]["text"]):
+                                stamp = float(match.group(1))
+                                out["token_at"].append((stamp, (now - stamp) * 1000))
                             ts = dt.datetime.fromisoformat(frame["ts"]).timestamp()
                             deltas.append((now - ts) * 1000)
                             out["delta_at"].append((ts, (now - ts) * 1000))
@@ -180,8 +191,8 @@ async def watch(daphne, cookie: str, channel: str, started: dict, out: dict) -> 
             await asyncio.sleep(0.2)
     if not done:
         out["timeouts"] += 1
-    # Every token, once, in order: the deltas a watcher saw add up to the demo's text.
-    if "".join(text) == "".join(f"tok{i} " for i in range(out["tokens"])):
+    # Every token, once, in order: the deltas a watcher saw add up to the agent's text.
+    if STAMP.sub("", "".join(text)) == "".join(f"tok{i} " for i in range(out["tokens"])):
         out["complete"] += 1
     out["deltas"] += deltas
     if first is not None and channel in started:
@@ -204,7 +215,7 @@ def concurrency_leg(label, pool, concurrency, runs, args, queue, daphnes, cookie
         tag = uuid.uuid4().hex[:6]
         channels = [f"scale-{tag}-{i}" for i in range(runs)]
         started: dict[str, float] = {}
-        out = {"deltas": [], "delta_at": [], "first": [], "ready": 0, "timeouts": 0, "reconnects": 0,
+        out = {"deltas": [], "delta_at": [], "token_at": [], "first": [], "ready": 0, "timeouts": 0, "reconnects": 0,
                "timeout": args.leg_timeout, "tokens": args.tokens, "complete": 0}
         run_ids: list = []
 
@@ -223,8 +234,8 @@ def concurrency_leg(label, pool, concurrency, runs, args, queue, daphnes, cookie
                 from django.db import connection
 
                 started[ch] = time.time()
-                run = start_run(ch, "demo", {"tokens": args.tokens,
-                                             "interval_ms": args.interval_ms})
+                run = start_run(ch, "stamped", {"tokens": args.tokens,
+                                                "interval_ms": args.interval_ms})
                 run_ids.append(run.pk)
                 connection.close()
 
@@ -252,12 +263,15 @@ def concurrency_leg(label, pool, concurrency, runs, args, queue, daphnes, cookie
             default=0.0)
         first_end = min((r.finished_at.timestamp() for r in finished), default=0.0)
         steady = [ms for ts, ms in out["delta_at"] if last_start < ts < first_end]
+        steady_tokens = [ms for at, ms in out["token_at"] if last_start < at < first_end]
         return {
             "label": label,
             "runs": runs,
             "peak": peak,
             "deltas": out["deltas"],
             "steady": steady,
+            "tokens": [ms for _, ms in out["token_at"]],
+            "steady_tokens": steady_tokens,
             "steady_s": max(first_end - last_start, 0.0),
             "first": out["first"],
             "runs_per_s": runs / wall,
@@ -487,6 +501,8 @@ def main() -> None:
                      len(leg["deltas"]), fmt(pct(leg["deltas"], 50)), fmt(pct(leg["deltas"], 99)),
                      f'{fmt(pct(leg["steady"], 50))} / {fmt(pct(leg["steady"], 99))} '
                      f'({len(leg["steady"])} in {fmt(leg["steady_s"])} s)',
+                     f'{fmt(pct(leg["tokens"], 50))} / {fmt(pct(leg["tokens"], 99))}',
+                     f'{fmt(pct(leg["steady_tokens"], 50))} / {fmt(pct(leg["steady_tokens"], 99))}',
                      fmt(median(leg["first"])), fmt(pct(leg["first"], 99)),
                      fmt(leg["runs_per_s"]), fmt(leg["runs_per_s"] / base["runs_per_s"]) + "×",
                      fmt(leg["rss_per_run"] / 2**20), fmt(leg["marginal"] / 2**20),
@@ -499,7 +515,9 @@ def main() -> None:
                 ]
                 print(table(["pool", "runs", "peak concurrent", "peak ratio", "deltas seen",
                              "delta p50 ms", "delta p99 ms",
-                             "all streaming: delta p50 / p99 ms", "first token p50 ms",
+                             "all streaming: delta p50 / p99 ms",
+                             "token written → watcher p50 / p99 ms",
+                             "all streaming: token p50 / p99 ms", "first token p50 ms",
                              "first token p99 ms", "runs/s", "runs/s ratio",
                              "RSS MB / concurrent run", "marginal MB / run",
                              "watchers with every token", "watcher timeouts / reconnects", "run duration p50 s", "events/s",

@@ -157,3 +157,15 @@ def poller(ctx: RunContext, input: Any) -> Any:
             publish(ctx.channel, "custom.seen", {"seq": event.seq, "at": time.time()})
         last = max(last, Event.objects.filter(channel__name=ctx.channel).order_by("-seq").values_list("seq", flat=True).first() or 0)
     return {"seen": seen}
+
+
+def stamped(ctx: RunContext, input: Any) -> Any:
+    """The demo's tokens (``tok<i>``), each with the wall-clock time it was written
+    (``tok<i>@<unix time>``), so bench_scale measures write → watcher per token."""
+    tokens, interval = int(input["tokens"]), input["interval_ms"] / 1000
+    with ctx.message() as message:
+        for i in range(tokens):
+            if interval:
+                ctx.sleep(interval)
+            message.write(f"tok{i}@{time.time():.4f} ")
+    return {"tokens": tokens}

@@ -126,6 +126,7 @@ AGENT_CHANNELS = {
         "stubborn": "tests.agents.stubborn",
         "deaf": "tests.agents.deaf",
         "long_answer": "tests.agents.long_answer",
+        "stamped": "tests.agents.stamped",
     },
     # Integration tests run Celery workers with AGCH_RUN_BACKEND=celery; unit tests run
     # in-process.
