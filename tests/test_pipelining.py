@@ -4,6 +4,8 @@ shard, and consumers receive exactly what ``group_send`` would have delivered.""
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from typing import Any
 
 import pytest
@@ -19,13 +21,22 @@ pytestmark = pytest.mark.redis
 def pubsub_layer(hosts: list[Any]) -> Any:
     from channels_redis.pubsub import RedisPubSubChannelLayer
 
-    return RedisPubSubChannelLayer(hosts=hosts, prefix="agch-pipelining")
+    # PUB/SUB channels are server-wide: a prefix of its own keeps parallel runs apart.
+    return RedisPubSubChannelLayer(hosts=hosts, prefix=PREFIX)
+
+
+PREFIX = f"agch-pipelining-{uuid.uuid4().hex[:8]}"
 
 
 def test_only_the_pubsub_layer_is_pipelined():
     from channels_redis.core import RedisChannelLayer
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    class OwnSends(RedisPubSubChannelLayer):
+        async def group_send(self, group: str, message: dict) -> None: ...
 
     assert pipelined_sender(pubsub_layer([settings.REDIS_URL])) is not None
+    assert pipelined_sender(OwnSends(hosts=[settings.REDIS_URL])) is None
     assert pipelined_sender(RedisChannelLayer(hosts=[settings.REDIS_URL])) is None
     assert pipelined_sender(InMemoryChannelLayer()) is None
     assert pipelined_sender(None) is None
@@ -111,4 +122,34 @@ def test_the_wire_delivers_in_order_through_the_pipeline():
 
     assert asyncio.run(main()) == list(range(1, 201))
     assert wire.drain(5)
+    wire.close()
+
+
+def test_a_round_that_cannot_reach_redis_is_logged_and_drained_and_the_wire_goes_on(caplog):
+    """Nothing listens on the first host: the round fails, is counted as sent (the log has
+    it), and the next round on a reachable layer goes out."""
+    unreachable = pubsub_layer(["redis://127.0.0.1:1/0"])
+    wire = LiveWire("default")
+    wire.layer = unreachable
+    wire._pipelined = pipelined_sender(unreachable)
+    message = {"type": "agent_channels.events", "first": 1, "last": 1, "texts": ["x"]}
+    with caplog.at_level(logging.ERROR, logger="agent_channels.channel.wire"):
+        assert wire.send_many([("pipelined-down", message)])
+        assert wire.drain(10)
+    assert "live send to 1 groups failed" in caplog.text
+    wire.close()
+
+    layer = pubsub_layer([settings.REDIS_URL])
+    wire = LiveWire("default")
+    wire.layer = layer
+    wire._pipelined = pipelined_sender(layer)
+
+    async def main() -> dict:
+        channel = await layer.new_channel()
+        await layer.group_add("pipelined-up", channel)
+        wire.send_many([("pipelined-up", message)])
+        async with asyncio.timeout(10):
+            return await layer.receive(channel)
+
+    assert asyncio.run(main())["texts"] == ["x"]
     wire.close()

@@ -25,7 +25,8 @@ PipelinedSend = Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]
 
 def pipelined_sender(layer: Any) -> PipelinedSend | None:
     """A coroutine function sending ``[(group, message), ...]`` in order, one pipeline per
-    Redis shard, for channels-redis's ``RedisPubSubChannelLayer``; None for any other layer."""
+    Redis shard, for channels-redis's ``RedisPubSubChannelLayer`` itself; None for any
+    other layer (subclasses included)."""
     try:
         from channels_redis.pubsub import (
             RedisPubSubChannelLayer,
@@ -34,8 +35,8 @@ def pipelined_sender(layer: Any) -> PipelinedSend | None:
         )
     except ImportError:  # pragma: no cover - channels-redis is a dependency
         return None
-    if not isinstance(layer, RedisPubSubChannelLayer):
-        return None
+    if type(layer) is not RedisPubSubChannelLayer:
+        return None  # a subclass may send differently: its own group_send it is
     needed = (
         (RedisPubSubChannelLayer, ("_get_layer", "serialize")),
         (RedisPubSubLoopLayer, ("_get_group_channel_name", "_get_shard")),
