@@ -36,7 +36,7 @@ def pipelined_sender(layer: Any) -> PipelinedSend | None:
     except ImportError:  # pragma: no cover - channels-redis is a dependency
         return None
     if type(layer) is not RedisPubSubChannelLayer:
-        return None  # a subclass may send differently: its own group_send it is
+        return None  # a subclass may send its own way: it keeps its group_send
     needed = (
         (RedisPubSubChannelLayer, ("_get_layer", "serialize")),
         (RedisPubSubLoopLayer, ("_get_group_channel_name", "_get_shard")),
