@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from agent_channels.channel import receiving
-from agent_channels.channel.receiving import receive
+from agent_channels.channel.receiving import dispatch_many, receive
 
 from .helpers import create_operator
 from .wsclient import connect, recv
@@ -79,6 +80,100 @@ async def test_a_timeout_gives_none_and_stops_the_receive(quick_retries):
 async def test_a_message_is_returned():
     assert await receive(ReadyLayer(), "c") == {"type": "x", "channel": "c"}
     assert await receive(ReadyLayer(), "c", timeout=1) == {"type": "x", "channel": "c"}
+
+
+class Counting:
+    """A source giving ``name:0``, ``name:1``, ... and counting what was taken from it."""
+
+    def __init__(self, name: str, limit: int = 10**9) -> None:
+        self.name, self.limit, self.taken = name, limit, 0
+
+    async def __call__(self) -> str:
+        if self.taken >= self.limit:
+            await asyncio.sleep(3600)
+        self.taken += 1
+        await asyncio.sleep(0)
+        return f"{self.name}:{self.taken - 1}"
+
+
+class Enough(Exception):
+    pass
+
+
+async def test_dispatch_many_dispatches_one_at_a_time_each_source_in_order():
+    a, b = Counting("a", 30), Counting("b", 30)
+    seen: list[str] = []
+    busy = False
+
+    async def dispatch(message: str) -> None:
+        nonlocal busy
+        assert not busy, "two dispatches overlapped"
+        busy = True
+        await asyncio.sleep(0.001)
+        seen.append(message)
+        busy = False
+        if len(seen) == 60:
+            raise Enough
+
+    with pytest.raises(Enough):
+        await asyncio.wait_for(dispatch_many([a, b], dispatch), 10)
+    for name in "ab":
+        assert [m for m in seen if m.startswith(name)] == [f"{name}:{i}" for i in range(30)]
+
+
+async def test_dispatch_many_reads_ahead_at_most_two_messages_while_one_is_dispatched():
+    source = Counting("s")
+    release = asyncio.Event()
+
+    async def dispatch(message: str) -> None:
+        await release.wait()
+
+    task = asyncio.ensure_future(dispatch_many([source], dispatch))
+    await asyncio.sleep(0.05)
+    assert source.taken <= 3  # one dispatched, one in the inbox, one waiting for room
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_dispatch_many_raises_a_sources_error_and_stops_the_others():
+    stopped = asyncio.Event()
+
+    async def broken() -> str:
+        await asyncio.sleep(0.01)
+        raise ConnectionError("the layer went away")
+
+    async def quiet() -> str:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            stopped.set()
+        return ""
+
+    async def dispatch(message: str) -> None:
+        raise AssertionError("nothing to dispatch")
+
+    with pytest.raises(ConnectionError, match="went away"):
+        await asyncio.wait_for(dispatch_many([quiet, broken], dispatch), 5)
+    assert stopped.is_set()
+
+
+async def test_dispatch_many_cancelled_stops_a_layer_receive_that_ignores_cancellations(
+    quick_retries,
+):
+    layer = SwallowingLayer(swallow=3)
+
+    async def dispatch(message: Any) -> None:
+        pass
+
+    task = asyncio.ensure_future(
+        dispatch_many([functools.partial(layer.receive, "c"), Counting("ws", 0)], dispatch)
+    )
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert layer.ended and layer.swallowed == 3
 
 
 @pytest.mark.redis

@@ -20,7 +20,6 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
-from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.db import close_old_connections
@@ -30,7 +29,7 @@ from agent_channels.channel.connections import TRANSIENT_ERRORS
 from agent_channels.channel.control import asend_control
 from agent_channels.channel.names import InvalidChannelName, event_group, validate_name
 from agent_channels.channel.presence import PresenceTracker, wants_presence
-from agent_channels.channel.receiving import receive as receive_message
+from agent_channels.channel.receiving import dispatch_many
 from agent_channels.channel.wire import EVENTS_MESSAGE, register_server_loop
 from agent_channels.conf import get_config
 from agent_channels.ws import close_codes
@@ -333,21 +332,19 @@ class ChannelConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.slots.give_back()
 
     async def _serve(self, scope: Any, receive: Any, send: Any) -> None:
-        """channels' ``AsyncConsumer.__call__``, receiving from the layer with
-        :func:`~agent_channels.channel.receiving.receive`: channels waits for its layer
-        receive to end when the socket closes, and a bare channels-redis receive can ignore
-        that cancellation and keep the consumer alive for good."""
+        """channels' ``AsyncConsumer.__call__``, dispatching with
+        :func:`~agent_channels.channel.receiving.dispatch_many`: channels waits for its
+        layer receive to end when the socket closes, and a bare channels-redis receive can
+        ignore that cancellation and keep the consumer alive for good."""
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.base_send = send
         sources = [receive]
         if self.channel_layer is not None:
             self.channel_name = await self.channel_layer.new_channel()
-            sources.append(
-                functools.partial(receive_message, self.channel_layer, self.channel_name)
-            )
+            sources.append(functools.partial(self.channel_layer.receive, self.channel_name))
         with contextlib.suppress(StopConsumer):
-            await await_many_dispatch(sources, self.dispatch)
+            await dispatch_many(sources, self.dispatch)
 
     async def disconnect(self, code: int) -> None:
         self._stop_pump()
