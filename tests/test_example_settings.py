@@ -116,7 +116,7 @@ LAYER = (
 @pytest.mark.parametrize(
     ("choice", "backend"),
     [
-        (None, "channels_redis.core.RedisChannelLayer"),
+        (None, "channels_redis.pubsub.RedisPubSubChannelLayer"),
         ("core", "channels_redis.core.RedisChannelLayer"),
         ("pubsub", "channels_redis.pubsub.RedisPubSubChannelLayer"),
     ],
